@@ -1,0 +1,93 @@
+"""Architecture knowledge lives here and nowhere else.
+
+An adapter tells the algorithms where a model keeps its decoder layers, which linear layers form a
+head / KV group / MLP channel, how wide each layer is, and how to write new widths back into the
+module attributes and the config. Algorithms only talk to adapters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..groups import GroupSet
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """The prunable widths of one decoder layer."""
+
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerWidths":
+        return cls(int(data["num_heads"]), int(data["num_kv_heads"]), int(data["intermediate_size"]))
+
+
+class ModelAdapter(ABC):
+    """Describes one causal-LM architecture to the pruning algorithms."""
+
+    #: transformers ``model_type`` values this adapter was written and tested for
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """True if this adapter understands ``model``."""
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def head_dim(self) -> int: ...
+
+    @abstractmethod
+    def layer_prefix(self, layer: int) -> str:
+        """Dotted path of decoder layer ``layer`` below the model."""
+
+    @abstractmethod
+    def widths(self, layer: int) -> LayerWidths:
+        """Current widths of ``layer``, read from its modules (not from the config)."""
+
+    @abstractmethod
+    def group_sets(self, layer: int) -> list[GroupSet]:
+        """The attention and MLP group sets of ``layer``."""
+
+    @abstractmethod
+    def unit_output_module(self, layer: int, kind: str) -> str:
+        """The linear layer whose *input* carries one slice per unit of ``kind`` (o_proj / down_proj).
+
+        Soft masks and activation statistics hook its input: for attention the concatenated head
+        outputs, for the MLP the intermediate activations.
+        """
+
+    @abstractmethod
+    def after_resize(self, layer: int, widths: LayerWidths) -> None:
+        """Write new widths into the module attributes of ``layer`` after its weights were sliced."""
+
+    @abstractmethod
+    def write_config(self, layer_widths: list[LayerWidths]) -> None:
+        """Record per-layer widths in the config so that the saved model reloads with them."""
+
+    def decoder_layers(self) -> list[nn.Module]:
+        return [self.model.get_submodule(self.layer_prefix(i)) for i in range(self.num_layers)]
+
+    def all_widths(self) -> list[LayerWidths]:
+        return [self.widths(i) for i in range(self.num_layers)]
+
+    def heads_per_kv(self, layer: int) -> int:
+        widths = self.widths(layer)
+        return widths.num_heads // widths.num_kv_heads

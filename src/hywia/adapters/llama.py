@@ -1,0 +1,130 @@
+"""The Llama family: Llama 1/2/3, Vicuna, Mistral, Qwen2, Qwen3 and any model with the same layout.
+
+Layout: ``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``model.layers[i].mlp.{gate,up,down}_proj``,
+GQA with query head ``i`` reading KV head ``i // r``. Optional biases on q/k/v (Qwen2), on o_proj and
+on the MLP (``attention_bias`` / ``mlp_bias``) are sliced with their weights. Per-head norms (Qwen3's
+``q_norm``/``k_norm``) act on ``head_dim`` and need no slicing.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import HywiaError
+from ..groups import ATTN, MLP, GroupSet, Member
+from .base import LayerWidths, ModelAdapter
+
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+LAYER_WIDTHS_KEY = "hywia_layer_widths"
+
+
+class LlamaAdapter(ModelAdapter):
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        if layers is None or len(layers) == 0:
+            return False
+        layer = layers[0]
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        return (
+            attn is not None
+            and mlp is not None
+            and all(isinstance(getattr(attn, n, None), nn.Linear) for n in ATTN_PROJ)
+            and all(isinstance(getattr(mlp, n, None), nn.Linear) for n in MLP_PROJ)
+        )
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        cfg = self.config
+        self._head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        for layer in range(self.num_layers):
+            widths = self.widths(layer)
+            if widths.num_kv_heads == 0 or widths.num_heads % widths.num_kv_heads:
+                raise HywiaError(
+                    f"layer {layer}: {widths.num_heads} query heads cannot be split evenly over "
+                    f"{widths.num_kv_heads} KV heads; hywia needs n_heads to be a multiple of n_kv_heads"
+                )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.model.layers)
+
+    @property
+    def head_dim(self) -> int:
+        return self._head_dim
+
+    def layer_prefix(self, layer: int) -> str:
+        return f"model.layers.{layer}"
+
+    def _attn(self, layer: int) -> nn.Module:
+        return self.model.model.layers[layer].self_attn
+
+    def _mlp(self, layer: int) -> nn.Module:
+        return self.model.model.layers[layer].mlp
+
+    def widths(self, layer: int) -> LayerWidths:
+        attn, mlp = self._attn(layer), self._mlp(layer)
+        return LayerWidths(
+            num_heads=attn.q_proj.out_features // self.head_dim,
+            num_kv_heads=attn.k_proj.out_features // self.head_dim,
+            intermediate_size=mlp.up_proj.out_features,
+        )
+
+    def group_sets(self, layer: int) -> list[GroupSet]:
+        widths = self.widths(layer)
+        prefix = self.layer_prefix(layer)
+        attn, mlp = self._attn(layer), self._mlp(layer)
+        q_rows = widths.num_heads // widths.num_kv_heads * self.head_dim
+        kv_rows = self.head_dim
+
+        attn_members = []
+        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            attn_members.append(Member(f"{prefix}.self_attn.{name}", "weight", 0, rows))
+            if getattr(attn, name).bias is not None:
+                attn_members.append(Member(f"{prefix}.self_attn.{name}", "bias", 0, rows))
+        attn_members.append(Member(f"{prefix}.self_attn.o_proj", "weight", 1, q_rows))
+
+        mlp_members = [
+            Member(f"{prefix}.mlp.gate_proj", "weight", 0, 1),
+            Member(f"{prefix}.mlp.up_proj", "weight", 0, 1),
+            Member(f"{prefix}.mlp.down_proj", "weight", 1, 1),
+        ]
+        for name in ("gate_proj", "up_proj"):
+            if getattr(mlp, name).bias is not None:
+                mlp_members.append(Member(f"{prefix}.mlp.{name}", "bias", 0, 1))
+        return [
+            GroupSet(layer, ATTN, widths.num_kv_heads, attn_members),
+            GroupSet(layer, MLP, widths.intermediate_size, mlp_members),
+        ]
+
+    def unit_output_module(self, layer: int, kind: str) -> str:
+        prefix = self.layer_prefix(layer)
+        return f"{prefix}.self_attn.o_proj" if kind == ATTN else f"{prefix}.mlp.down_proj"
+
+    def after_resize(self, layer: int, widths: LayerWidths) -> None:
+        attn = self._attn(layer)
+        attn.num_key_value_groups = widths.num_heads // widths.num_kv_heads
+        for attr, value in (("num_heads", widths.num_heads), ("num_key_value_heads", widths.num_kv_heads)):
+            if hasattr(attn, attr):
+                setattr(attn, attr, value)
+
+    def write_config(self, layer_widths: list[LayerWidths]) -> None:
+        cfg = self.config
+        cfg.head_dim = self.head_dim
+        if len(set(layer_widths)) == 1:
+            only = layer_widths[0]
+            cfg.num_attention_heads = only.num_heads
+            cfg.num_key_value_heads = only.num_kv_heads
+            cfg.intermediate_size = only.intermediate_size
+            if hasattr(cfg, LAYER_WIDTHS_KEY):
+                delattr(cfg, LAYER_WIDTHS_KEY)
+        else:
+            # The stock fields keep the widest layer so that building the model and then shrinking
+            # each layer (hywia.load_pruned) never needs to grow a module.
+            cfg.num_attention_heads = max(w.num_heads for w in layer_widths)
+            cfg.num_key_value_heads = max(w.num_kv_heads for w in layer_widths)
+            cfg.intermediate_size = max(w.intermediate_size for w in layer_widths)
+            setattr(cfg, LAYER_WIDTHS_KEY, [w.to_dict() for w in layer_widths])

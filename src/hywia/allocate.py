@@ -1,0 +1,166 @@
+"""How many units each pruned layer keeps so that a target fraction of ALL parameters is removed.
+
+"20%" in the papers means about 20% of the model's total parameters removed (embeddings included in
+the total). The allocator solves for keep counts; the achieved ratio is then exact, not estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import HywiaError
+from .groups import ATTN, MLP, GroupSet
+
+UNIFORM = "uniform"
+GLOBAL = "global"
+ALLOCATIONS = (UNIFORM, GLOBAL)
+
+
+@dataclass(frozen=True)
+class UnitBudget:
+    """What the allocator needs to know about one group set."""
+
+    key: tuple[int, str]
+    num_units: int
+    params_per_unit: int
+    min_keep: int
+    step: int  # kept counts are multiples of this (round_to for MLP channels, 1 for KV groups)
+
+
+@dataclass
+class Allocation:
+    keep_counts: dict[tuple[int, str], int]
+    removed_params: int
+    total_params: int
+
+    @property
+    def ratio(self) -> float:
+        return self.removed_params / self.total_params
+
+
+def check_ratio(ratio: float) -> None:
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0 < ratio < 1):
+        raise HywiaError(f"--ratio must be a fraction of parameters to remove in (0, 1), got {ratio}")
+
+
+def parse_layer_range(spec: str | None, num_layers: int) -> list[int]:
+    """``"A:B"`` selects layers A..B-1 like a Python slice (negative ends count from the last layer)."""
+    if spec is None or spec == "":
+        return list(range(num_layers))
+    try:
+        start_text, end_text = spec.split(":")
+        start = int(start_text) if start_text.strip() else 0
+        end = int(end_text) if end_text.strip() else num_layers
+    except ValueError:
+        raise HywiaError(f"--layers must look like A:B (e.g. 4:28), got {spec!r}") from None
+    layers = list(range(num_layers))[start:end]
+    if not layers:
+        raise HywiaError(f"--layers {spec} selects no layer of a model with {num_layers} layers")
+    return layers
+
+
+def budgets_for(group_sets: list[GroupSet], params_per_unit: dict[tuple[int, str], int], round_to: int) -> list[UnitBudget]:
+    if round_to < 1:
+        raise HywiaError(f"--round-to must be a positive integer, got {round_to}")
+    budgets = []
+    for gs in group_sets:
+        step = round_to if gs.kind == MLP else 1
+        if gs.kind == MLP and gs.num_units < round_to:
+            raise HywiaError(
+                f"--round-to {round_to} cannot fit layer {gs.layer}: its MLP has only {gs.num_units} channels"
+            )
+        budgets.append(UnitBudget(gs.key, gs.num_units, params_per_unit[gs.key], step, step))
+    return budgets
+
+
+def _max_removable(budgets: list[UnitBudget]) -> int:
+    return sum((b.num_units - b.min_keep) * b.params_per_unit for b in budgets)
+
+
+def check_feasible(budgets: list[UnitBudget], ratio: float, total: int) -> None:
+    """Raise if removing ``ratio`` of ``total`` parameters is impossible within ``budgets``."""
+    check_ratio(ratio)
+    target = round(ratio * total)
+    most = _max_removable(budgets)
+    if target > most:
+        raise HywiaError(
+            f"cannot remove {target / total:.1%} of the parameters: the selected layers at their minimum "
+            f"widths (1 KV group, {max(b.min_keep for b in budgets if b.key[1] == MLP)} MLP channels) "
+            f"remove at most {most / total:.1%}; lower --ratio or prune more layers"
+        )
+
+
+def allocate_uniform(budgets: list[UnitBudget], ratio: float, total_params: int) -> Allocation:
+    """Same keep counts in every pruned layer.
+
+    The attention keeps ``round(n_kv * (1 - p))`` KV groups where ``p`` is the fraction that, applied to
+    heads and channels alike, would hit the target; the MLP width then absorbs the remainder so that the
+    achieved ratio is as close to the target as the MLP step allows. Among the KV-group counts whose
+    result is that close, the one removing the most similar fraction of heads and channels wins.
+    """
+    check_feasible(budgets, ratio, total_params)
+    target = round(ratio * total_params)
+    attn = [b for b in budgets if b.key[1] == ATTN]
+    mlp = [b for b in budgets if b.key[1] == MLP]
+    for group in (attn, mlp):
+        if len({(b.num_units, b.params_per_unit) for b in group}) > 1:
+            raise HywiaError("the selected layers have different widths already; use --allocation global")
+    n_attn, c_attn = (attn[0].num_units, attn[0].params_per_unit) if attn else (0, 0)
+    n_mlp, c_mlp = mlp[0].num_units, mlp[0].params_per_unit
+    step = mlp[0].step
+    layers_attn, layers_mlp = len(attn), len(mlp)
+
+    candidates = []
+    for keep_attn in range(1, n_attn + 1) if attn else [0]:
+        attn_removed = (n_attn - keep_attn) * c_attn * layers_attn
+        per_layer = (target - attn_removed) / (c_mlp * layers_mlp)
+        keep_mlp = round((n_mlp - per_layer) / step) * step
+        keep_mlp = min(max(keep_mlp, step), n_mlp - (n_mlp % step) if n_mlp % step else n_mlp)
+        removed = attn_removed + (n_mlp - keep_mlp) * c_mlp * layers_mlp
+        frac_attn = (n_attn - keep_attn) / n_attn if attn else 0.0
+        frac_mlp = (n_mlp - keep_mlp) / n_mlp
+        error_bucket = round(abs(removed - target) / (step * c_mlp * layers_mlp))
+        candidates.append((error_bucket, abs(frac_attn - frac_mlp), keep_attn, keep_mlp, removed))
+    _, _, keep_attn, keep_mlp, removed = min(candidates)
+    counts = {b.key: (keep_attn if b.key[1] == ATTN else keep_mlp) for b in budgets}
+    return Allocation(counts, removed, total_params)
+
+
+def allocate_global(
+    budgets: list[UnitBudget], scores: dict[tuple[int, str], torch.Tensor], ratio: float, total_params: int
+) -> Allocation:
+    """Non-uniform widths: remove the units of lowest score per parameter across all pruned layers.
+
+    Scores must be comparable across layers (Taylor scores are loss-change estimates; fused HyWIA
+    scores are normalised per layer). Each layer keeps at least its minimum; MLP widths stay multiples
+    of the step: removals happen ``step`` channels at a time, the lowest-scored first.
+    """
+    check_feasible(budgets, ratio, total_params)
+    target = round(ratio * total_params)
+    chunks = []  # (score per parameter, key, units in chunk, params)
+    for b in budgets:
+        ordered = torch.sort(scores[b.key].float()).values
+        usable = (b.num_units // b.step) * b.step
+        tail = b.num_units - usable  # channels beyond the last full step are always removed first
+        for start in range(0, usable - b.min_keep, b.step):
+            chunk = ordered[tail + start : tail + start + b.step] if start else ordered[: tail + b.step]
+            units = len(chunk)
+            chunks.append((chunk.sum().item() / (units * b.params_per_unit), b.key, units, units * b.params_per_unit))
+    chunks.sort(key=lambda c: c[0])
+    keep = {b.key: b.num_units for b in budgets}
+    removed = 0
+    for _, key, units, params in chunks:
+        if removed >= target:
+            break
+        keep[key] -= units
+        removed += params
+    return Allocation(keep, removed, total_params)
+
+
+def top_units(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` highest scores, sorted ascending (ties broken by lower index)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    return torch.sort(order[:count]).values

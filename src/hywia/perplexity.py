@@ -1,0 +1,62 @@
+"""Perplexity over non-overlapping windows (the LLM-Pruner / FLAP convention: 128 tokens)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import HywiaError
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    mean_nll: float
+    window: int
+    windows: int
+    tokens_scored: int
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_windows(ids: torch.Tensor, window: int) -> torch.Tensor:
+    """Cut 1-D ``ids`` into ``len(ids) // window`` non-overlapping windows; the ragged tail is dropped."""
+    if window < 2:
+        raise HywiaError(f"--window must be at least 2 tokens, got {window}")
+    count = len(ids) // window
+    if count == 0:
+        raise HywiaError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {window}")
+    return ids[: count * window].view(count, window)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    ids: torch.Tensor,
+    *,
+    window: int = 128,
+    batch_size: int = 8,
+    text_name: str = "",
+    progress: bool = True,
+) -> PerplexityResult:
+    """exp(mean token NLL), every window scored on its own (window - 1 predicted tokens each)."""
+    windows = split_windows(ids, window)
+    device = model.get_input_embeddings().weight.device
+    total_nll, total_tokens = 0.0, 0
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"perplexity ({window}-token windows)",
+                      disable=not progress, leave=False):
+        batch = windows[start : start + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+        total_nll += nll.item()
+        total_tokens += batch[:, 1:].numel()
+    mean_nll = total_nll / total_tokens
+    if not math.isfinite(mean_nll):
+        raise HywiaError("perplexity is not finite: the model produces NaN/inf logits (try --dtype float32)")
+    return PerplexityResult(math.exp(mean_nll), mean_nll, window, len(windows), total_tokens, text_name)

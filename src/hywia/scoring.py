@@ -1,0 +1,83 @@
+"""Turn a method name into scores for every group set: the gradient pass and per-method dispatch.
+
+Methods that need more than per-group-set formulas (HyWIA's fusion, forward-only baselines) register
+a whole-model scorer with ``register_scorer``; everything else goes through ``importance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapters import ModelAdapter
+from .gradients import GradientStats, collect_gradients
+from .groups import GroupSet, get_tensor
+from .importance import METHODS, check_method, member_key, score_group_set
+
+Scores = dict[tuple[int, str], torch.Tensor]
+
+
+@dataclass
+class ScoringContext:
+    model: nn.Module
+    adapter: ModelAdapter
+    group_sets: list[GroupSet]
+    samples: torch.Tensor | None  # [N, L] calibration token ids (None for data-free methods)
+    seed: int
+    batch_size: int
+    progress: bool
+    options: dict = field(default_factory=dict)  # method-specific settings (e.g. HyWIA's)
+
+
+@dataclass
+class ScoreResult:
+    scores: Scores
+    details: dict = field(default_factory=dict)  # method-specific facts for the report
+
+
+WholeModelScorer = Callable[[ScoringContext], ScoreResult]
+SCORERS: dict[str, WholeModelScorer] = {}
+
+
+def register_scorer(name: str, scorer: WholeModelScorer) -> None:
+    SCORERS[name] = scorer
+
+
+def prunable_tensors(model: nn.Module, group_sets: list[GroupSet]) -> dict[str, nn.Parameter]:
+    tensors = {}
+    for group_set in group_sets:
+        for member in group_set.members:
+            tensors[member_key(member)] = get_tensor(model, member)
+    return tensors
+
+
+def gradient_stats(context: ScoringContext, with_fisher: bool) -> GradientStats:
+    return collect_gradients(
+        context.model,
+        prunable_tensors(context.model, context.group_sets),
+        context.samples,
+        with_fisher=with_fisher,
+        batch_size=context.batch_size,
+        progress=context.progress,
+    )
+
+
+def score(method: str, context: ScoringContext) -> ScoreResult:
+    """Scores for every group set of ``context`` with ``method``."""
+    spec = check_method(method)
+    if method in SCORERS:
+        return SCORERS[method](context)
+    stats = gradient_stats(context, spec.needs == "fisher") if spec.needs in ("grad", "fisher") else None
+    generator = torch.Generator().manual_seed(context.seed)
+    scores = {
+        gs.key: score_group_set(method, context.model, gs, stats=stats, generator=generator)
+        for gs in context.group_sets
+    }
+    return ScoreResult(scores)
+
+
+def needs_calibration(method: str) -> bool:
+    return METHODS[check_method(method).name].needs not in ("none",)
