@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(prune, "hub id, model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
     prune.add_argument("--method", default="element1", choices=sorted(METHODS), help="importance method")
-    prune.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
-                       help="uniform: same widths in every pruned layer (stock HF config); global: per-layer widths")
+    prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                       help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
+                            "widths (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
     prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")

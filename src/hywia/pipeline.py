@@ -38,7 +38,7 @@ class PruneConfig:
 
     ratio: float
     method: str = "element1"
-    allocation: str = "uniform"  # "uniform": same widths in every pruned layer; "global": per-layer widths
+    allocation: str | None = None  # "uniform": same widths in every layer; "global": per-layer; None: method's default
     layers: str | None = None  # "A:B" prunes layers A..B-1 only (default: all)
     round_to: int = 1  # MLP widths stay multiples of this
     calibration: str | None = None  # file, "lambada" (default), or a hub text name
@@ -51,7 +51,9 @@ class PruneConfig:
 
     def validate(self) -> None:
         check_ratio(self.ratio)
-        check_method(self.method)
+        spec = check_method(self.method)
+        if self.allocation is None:
+            self.allocation = spec.default_allocation
         if self.allocation not in ALLOCATIONS:
             raise HywiaError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
 
@@ -104,6 +106,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         allocation = allocate_global(budgets, scored.scores, config.ratio, params_before)
 
     keep = {key: top_units(scored.scores[key], count) for key, count in allocation.keep_counts.items()}
+    if scored.before_surgery is not None:
+        scored.before_surgery(keep)
     widths_after = apply_keep(model, adapter, keep)
     params_after = count_parameters(model)
     if params_before - params_after != allocation.removed_params:

@@ -36,6 +36,9 @@ class ScoringContext:
 class ScoreResult:
     scores: Scores
     details: dict = field(default_factory=dict)  # method-specific facts for the report
+    # Called with the final keep indices (keyed by (layer, kind)) before the weights are sliced, while
+    # the removed units still exist: e.g. FLAP's bias compensation folds them into a bias here.
+    before_surgery: Callable[[dict[tuple[int, str], torch.Tensor]], None] | None = None
 
 
 WholeModelScorer = Callable[[ScoringContext], ScoreResult]

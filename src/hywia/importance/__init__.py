@@ -24,6 +24,7 @@ class MethodSpec:
     name: str
     needs: str  # "none", "grad", "fisher" or "activations"
     description: str
+    default_allocation: str = "uniform"  # used when the user does not choose one
 
 
 METHODS: dict[str, MethodSpec] = {
