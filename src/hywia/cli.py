@@ -111,8 +111,7 @@ def run_prune(args) -> int:
     if args.out:
         out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
                           protected=protected, extra_files={"hywia_report.md": markdown(report)})
-        how = ("AutoModelForCausalLM.from_pretrained" if report["uniform_widths"] else "hywia.load_pruned")
-        print(f"saved to {out} (reload with {how})")
+        print(f"saved to {out} (reload with {report['reload_with']})")
     else:
         print("nothing saved (no --out)")
     return 0

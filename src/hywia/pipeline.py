@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import LAYER_WIDTHS_KEY, get_adapter
 from .allocate import (
     ALLOCATIONS,
     GLOBAL,
@@ -125,5 +125,6 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         params_after=params_after,
         method_details=scored.details,
         seconds=time.perf_counter() - started,
+        stock_config=not hasattr(model.config, LAYER_WIDTHS_KEY),
     )
     return PruneResult(model, report)

@@ -41,6 +41,7 @@ def build_report(
     params_after: int,
     method_details: dict,
     seconds: float,
+    stock_config: bool,
 ) -> dict:
     per_layer = []
     for layer, (before, after) in enumerate(zip(widths_before, widths_after)):
@@ -67,7 +68,9 @@ def build_report(
             "target_ratio": config["ratio"],
             "achieved_ratio": (params_before - params_after) / params_before,
         },
-        "uniform_widths": len({widths_after[i] for i in layers}) == 1 and len(set(widths_after)) == 1,
+        "uniform_widths": len(set(widths_after)) == 1,
+        "stock_config": stock_config,
+        "reload_with": "AutoModelForCausalLM.from_pretrained" if stock_config else "hywia.load_pruned",
         "layers": per_layer,
         "method_details": method_details,
         "seconds": round(seconds, 2),

@@ -30,7 +30,8 @@ def keep_units(model: nn.Module, group_set: GroupSet, keep: torch.Tensor) -> Non
 def apply_keep(model: nn.Module, adapter: ModelAdapter, keep: dict[tuple[int, str], torch.Tensor]) -> list[LayerWidths]:
     """Remove every unit not listed in ``keep`` (keyed by (layer, kind)); return the new widths.
 
-    Group sets missing from ``keep`` are left whole. The config is rewritten to the new widths.
+    Group sets missing from ``keep`` are left whole. The config is rewritten to the new widths (see
+    ``ModelAdapter.write_config``).
     """
     for layer in range(adapter.num_layers):
         before = adapter.widths(layer)

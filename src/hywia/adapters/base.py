@@ -79,8 +79,12 @@ class ModelAdapter(ABC):
         """Write new widths into the module attributes of ``layer`` after its weights were sliced."""
 
     @abstractmethod
-    def write_config(self, layer_widths: list[LayerWidths]) -> None:
-        """Record per-layer widths in the config so that the saved model reloads with them."""
+    def write_config(self, layer_widths: list[LayerWidths]) -> bool:
+        """Record per-layer widths in the config so that the saved model reloads with them.
+
+        Returns True when the result is a stock config (plain ``from_pretrained`` rebuilds it), False
+        when the widths are recorded per layer (reload with ``hywia.load_pruned``).
+        """
 
     def decoder_layers(self) -> list[nn.Module]:
         return [self.model.get_submodule(self.layer_prefix(i)) for i in range(self.num_layers)]

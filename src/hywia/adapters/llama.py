@@ -111,20 +111,30 @@ class LlamaAdapter(ModelAdapter):
             if hasattr(attn, attr):
                 setattr(attn, attr, value)
 
-    def write_config(self, layer_widths: list[LayerWidths]) -> None:
+    def write_config(self, layer_widths: list[LayerWidths]) -> bool:
         cfg = self.config
         cfg.head_dim = self.head_dim
         if len(set(layer_widths)) == 1:
             only = layer_widths[0]
-            cfg.num_attention_heads = only.num_heads
-            cfg.num_key_value_heads = only.num_kv_heads
-            cfg.intermediate_size = only.intermediate_size
-            if hasattr(cfg, LAYER_WIDTHS_KEY):
-                delattr(cfg, LAYER_WIDTHS_KEY)
-        else:
-            # The stock fields keep the widest layer so that building the model and then shrinking
-            # each layer (hywia.load_pruned) never needs to grow a module.
-            cfg.num_attention_heads = max(w.num_heads for w in layer_widths)
-            cfg.num_key_value_heads = max(w.num_kv_heads for w in layer_widths)
-            cfg.intermediate_size = max(w.intermediate_size for w in layer_widths)
-            setattr(cfg, LAYER_WIDTHS_KEY, [w.to_dict() for w in layer_widths])
+            stock = {"num_attention_heads": only.num_heads, "num_key_value_heads": only.num_kv_heads,
+                     "intermediate_size": only.intermediate_size}
+            if _stock_config_valid(cfg, stock):
+                for name, value in stock.items():
+                    setattr(cfg, name, value)
+                if hasattr(cfg, LAYER_WIDTHS_KEY):
+                    delattr(cfg, LAYER_WIDTHS_KEY)
+                return True
+        # The stock fields keep their pre-pruning values: valid for transformers, and at least as wide
+        # as every layer, so building the model and shrinking each layer (hywia.load_pruned) works.
+        setattr(cfg, LAYER_WIDTHS_KEY, [w.to_dict() for w in layer_widths])
+        return False
+
+
+def _stock_config_valid(config, overrides: dict) -> bool:
+    """Would transformers accept (and rebuild) this config with ``overrides``? Some versions validate
+    e.g. ``hidden_size % num_attention_heads == 0``, which a pruned head count can break."""
+    try:
+        type(config).from_dict({**config.to_dict(), **overrides})
+    except Exception:  # transformers raises its own validation error types, which vary by version
+        return False
+    return True

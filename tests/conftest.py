@@ -1,0 +1,71 @@
+"""Tiny models built from config objects (no network), shared by the unit tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
+
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=3, head_dim=8,
+              max_position_embeddings=64, tie_word_embeddings=False)
+
+
+def tiny_config(kind: str):
+    if kind == "llama-mha":
+        return LlamaConfig(num_attention_heads=4, num_key_value_heads=4, **COMMON)
+    if kind == "llama-gqa":
+        return LlamaConfig(num_attention_heads=6, num_key_value_heads=3,
+                           **{**COMMON, "hidden_size": 48, "tie_word_embeddings": True})
+    if kind == "mistral":
+        return MistralConfig(num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **COMMON)
+    if kind == "qwen2":
+        return Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **COMMON)
+    raise KeyError(kind)
+
+
+TINY_KINDS = ("llama-mha", "llama-gqa", "mistral", "qwen2")
+
+
+def build_tiny(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = tiny_config(kind)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # biases are zero at init: make them matter
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model.eval()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(VOCAB - len(vocab)):
+        vocab[f"w{i}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def tiny_text(words: int = 4000, seed: int = 0) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (words,), generator=generator).tolist()
+    return " ".join(f"w{i - 3}" for i in ids)
+
+
+@pytest.fixture(params=TINY_KINDS)
+def tiny_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def calib_ids():
+    return torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def probe_ids():
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))

@@ -1,0 +1,130 @@
+"""prune() end to end on tiny models: the report is exact, the output reloads with identical logits."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig
+
+from conftest import build_tiny
+from hywia import HywiaError, PruneConfig, count_parameters, load_model, load_pruned, prune, save_pruned
+from hywia.adapters import get_adapter
+from hywia.io import REPORT_NAME
+
+GRADIENT_METHODS = ["element1", "element2", "vector"]
+
+
+@pytest.mark.parametrize("method", ["random", "l1", "l2", *GRADIENT_METHODS])
+def test_report_matches_model(tiny_kind, calib_ids, method):
+    model = build_tiny(tiny_kind)
+    before = count_parameters(model)
+    result = prune(model, None, PruneConfig(ratio=0.25, method=method, progress=False), calibration_ids=calib_ids)
+    params = result.report["parameters"]
+    assert params["before"] == before and params["after"] == count_parameters(model)
+    assert abs(params["achieved_ratio"] - 0.25) < 0.05
+    for entry in result.report["layers"]:
+        assert len(entry["attn"]["kept"]) == entry["after"]["num_kv_heads"]
+        assert len(entry["mlp"]["kept"]) == entry["after"]["intermediate_size"]
+        assert not set(entry["mlp"]["kept"]) & set(entry["mlp"]["removed"])
+
+
+def test_gradient_methods_keep_the_highest_scores(calib_ids):
+    model = build_tiny("llama-gqa")
+    result = prune(model, None, PruneConfig(ratio=0.3, method="element2", progress=False), calibration_ids=calib_ids)
+    for entry in result.report["layers"]:
+        scores = torch.tensor(entry["mlp"]["scores"])
+        kept = entry["mlp"]["kept"]
+        assert scores[kept].min() >= scores[entry["mlp"]["removed"]].max()
+
+
+def test_deterministic_under_seed(calib_ids):
+    reports = []
+    for _ in range(2):
+        model = build_tiny("mistral")
+        reports.append(prune(model, None, PruneConfig(ratio=0.3, method="element1", progress=False),
+                             calibration_ids=calib_ids).report)
+    assert [e["mlp"]["kept"] for e in reports[0]["layers"]] == [e["mlp"]["kept"] for e in reports[1]["layers"]]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_uniform_save_reloads_with_from_pretrained(tmp_path, calib_ids, probe_ids):
+    model = build_tiny("qwen2")
+    result = prune(model, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids)
+    assert result.report["stock_config"]
+    out = save_pruned(model, None, tmp_path / "out", result.report)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
+    assert count_parameters(reloaded) == json.loads((out / REPORT_NAME).read_text())["parameters"]["after"]
+
+
+@pytest.mark.parametrize("kind,config", [
+    ("llama-gqa", dict(allocation="global")),
+    ("llama-mha", dict(layers="1:2")),
+])
+def test_non_uniform_save_reloads_with_load_pruned(tmp_path, calib_ids, probe_ids, kind, config):
+    model = build_tiny(kind)
+    result = prune(model, None, PruneConfig(ratio=0.2, method="element1", progress=False, **config),
+                   calibration_ids=calib_ids)
+    assert not result.report["stock_config"]
+    out = save_pruned(model, None, tmp_path / "out", result.report)
+    reloaded = load_pruned(out)
+    torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
+    assert count_parameters(reloaded) == result.report["parameters"]["after"]
+
+
+def test_head_count_that_stock_config_rejects_falls_back_to_load_pruned(tmp_path, probe_ids):
+    """hidden 32 with 3 heads fails transformers' config validation: widths go per layer instead."""
+    from hywia.surgery import apply_keep
+
+    model = build_tiny("llama-mha")
+    adapter = get_adapter(model)
+    apply_keep(model, adapter, {(layer, "attn"): torch.tensor([0, 1, 3]) for layer in range(3)})
+    assert hasattr(model.config, "hywia_layer_widths")
+    out = save_pruned(model, None, tmp_path / "out", {})
+    torch.testing.assert_close(_logits(load_pruned(out), probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
+
+
+def test_load_model_reads_a_saved_folder(tmp_path, calib_ids, probe_ids):
+    from conftest import tiny_tokenizer
+
+    model = build_tiny("llama-gqa")
+    result = prune(model, None, PruneConfig(ratio=0.2, method="l2", allocation="global", progress=False))
+    out = save_pruned(model, tiny_tokenizer(), tmp_path / "out", result.report)
+    loaded = load_model(str(out), dtype="float32")
+    torch.testing.assert_close(_logits(loaded.model, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
+
+
+def test_unsupported_architecture_names_supported_ones():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(HywiaError, match="unsupported architecture GPT2LMHeadModel.*llama, mistral, qwen2"):
+        get_adapter(model)
+
+
+def test_impossible_gqa_split():
+    config = LlamaConfig(vocab_size=32, hidden_size=24, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=3, head_dim=6)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(HywiaError, match="cannot be split evenly"):
+        get_adapter(model)
+
+
+def test_round_to_that_cannot_fit(calib_ids):
+    with pytest.raises(HywiaError, match="--round-to 64 cannot fit"):
+        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.2, method="l2", round_to=64, progress=False))
+
+
+def test_nan_gradients_are_reported(calib_ids):
+    model = build_tiny("llama-mha")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(HywiaError, match="NaN"):
+        prune(model, None, PruneConfig(ratio=0.2, method="element1", progress=False), calibration_ids=calib_ids)
+
+
+def test_ratio_zero_is_refused():
+    with pytest.raises(HywiaError, match="--ratio"):
+        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.0, method="l2"))
