@@ -1,5 +1,6 @@
 """hywia: structured pruning of LLMs with Hybrid-grained Weight Importance Assessment."""
 
+from . import hywia_method  # noqa: F401  (registers --method hywia)
 from .errors import HywiaError
 from .io import load_model, load_pruned, save_pruned
 from .pipeline import PruneConfig, PruneResult, count_parameters, prune

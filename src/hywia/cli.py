@@ -27,6 +27,34 @@ def _add_eval_args(parser: argparse.ArgumentParser, text_flag: str) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=8)
 
 
+def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
+    from .hywia_method import HybridOptions
+
+    group = parser.add_argument_group("HyWIA fusion (--method hywia)")
+    defaults = HybridOptions()
+    helps = {
+        "fine": "fine-grained saliency: element1 or element2",
+        "normalisation": "per-layer normalisation: mean, rank or zscore",
+        "blend": "one blend per layer (layer) or per group (group)",
+        "steps": "optimisation steps of the fusion (0 = untrained 0.5/0.5 start)",
+        "lr": "learning rate of the fusion parameters",
+        "temperature": "soft-mask temperature (in std of the fused scores)",
+        "loss": "lm (language-model loss) or kl (to the dense model)",
+        "batch_size": "calibration samples per fusion step",
+        "fixed_alpha": "fixed weight of the fine score instead of learning (e.g. 0.5)",
+    }
+    for name, text in helps.items():
+        value = getattr(defaults, name)
+        kind = float if name in ("lr", "temperature", "fixed_alpha") else int if isinstance(value, int) else str
+        group.add_argument(f"--hywia-{name.replace('_', '-')}", type=kind, default=None, dest=f"hywia_{name}",
+                           help=f"{text} (default {value})")
+
+
+def _hywia_options(args) -> dict:
+    return {key[len("hywia_"):]: value for key, value in vars(args).items()
+            if key.startswith("hywia_") and value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .allocate import ALLOCATIONS
     from .importance import METHODS
@@ -37,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format")
     _add_model_args(prune, "hub id, model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
-    prune.add_argument("--method", default="element1", choices=sorted(METHODS), help="importance method")
+    prune.add_argument("--method", default="hywia", choices=sorted(METHODS), help="importance method (default hywia)")
     prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                        help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
                             "widths (default: the method's own choice, uniform for gradient methods)")
@@ -53,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_eval_args(prune, "--eval-text")
+    _add_hywia_args(prune)
 
     evaluate = sub.add_parser("eval", help="perplexity of a model")
     _add_model_args(evaluate, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
@@ -85,7 +114,10 @@ def run_prune(args) -> int:
         ratio=args.ratio, method=args.method, allocation=args.allocation, layers=args.layers,
         round_to=args.round_to, calibration=args.calib, num_samples=args.calib_samples,
         seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+        method_options=_hywia_options(args) if args.method == "hywia" else {},
     )
+    if args.method != "hywia" and _hywia_options(args):
+        raise HywiaError("--hywia-* options only apply to --method hywia")
     config.validate()
     if args.out:
         check_output_path(args.out, overwrite=args.overwrite, protected=[])

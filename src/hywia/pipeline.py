@@ -37,7 +37,7 @@ class PruneConfig:
     """Everything that decides the pruned model. Saved, fully resolved, in the report."""
 
     ratio: float
-    method: str = "element1"
+    method: str = "hywia"
     allocation: str | None = None  # "uniform": same widths in every layer; "global": per-layer; None: method's default
     layers: str | None = None  # "A:B" prunes layers A..B-1 only (default: all)
     round_to: int = 1  # MLP widths stay multiples of this
@@ -99,8 +99,13 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         else:
             text = load_text(config.calibration, DEFAULT_CALIBRATION)
             samples = calibration_samples(tokenizer, text, config.num_samples, config.seq_len, config.seed)
+    def keep_counts_for(scores):
+        if allocation is not None:
+            return allocation.keep_counts
+        return allocate_global(budgets, scores, config.ratio, params_before).keep_counts
+
     context = ScoringContext(model, adapter, group_sets, samples, config.seed, config.batch_size, config.progress,
-                             dict(config.method_options))
+                             dict(config.method_options), config.allocation, keep_counts_for)
     scored = score(config.method, context)
     if allocation is None:
         allocation = allocate_global(budgets, scored.scores, config.ratio, params_before)

@@ -30,6 +30,10 @@ class ScoringContext:
     batch_size: int
     progress: bool
     options: dict = field(default_factory=dict)  # method-specific settings (e.g. HyWIA's)
+    allocation: str = "uniform"
+    # Keep counts the allocation gives for candidate scores: lets a method aim its search at the widths
+    # that will really be kept (HyWIA's soft masks). Uniform allocation ignores the scores.
+    allocate: Callable[[dict], dict] | None = None
 
 
 @dataclass

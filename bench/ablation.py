@@ -1,0 +1,131 @@
+"""Ablation: every importance method on the same model, calibration and evaluation text.
+
+    python bench/ablation.py --ratios 0.2 0.5 --layers 4:28 [--device cuda] [--write BENCHMARKS.md]
+
+Calibration: LAMBADA passages (10 x 128 tokens, seed 42 unless changed); evaluation: perplexity on the
+BoolQ Wikipedia passages (first --eval-tokens tokens, 128-token windows). The two texts are disjoint.
+Every row prunes a fresh copy of the model to the same parameter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hywia import PruneConfig, count_parameters, load_model, prune
+from hywia.data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, calibration_samples, load_text, tokenize
+from hywia.importance import METHODS
+from hywia.perplexity import perplexity
+
+# name: (method, allocation, method options)
+VARIANTS = {
+    "random": ("random", "uniform", {}),
+    "l2": ("l2", "uniform", {}),
+    "element1": ("element1", "uniform", {}),
+    "element2": ("element2", "uniform", {}),
+    "vector": ("vector", "uniform", {}),
+    "fixed 0.5/0.5": ("hywia", "uniform", {"fixed_alpha": 0.5}),
+    "hywia (per layer)": ("hywia", "uniform", {}),
+    "hywia (per group)": ("hywia", "uniform", {"blend": "group"}),
+    "hywia + global": ("hywia", "global", {}),
+    "element1 + global": ("element1", "global", {}),
+    "wanda-sp": ("wanda-sp", "uniform", {}),
+    "flap": ("flap", "global", {}),
+    "flap (uniform)": ("flap", "uniform", {}),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--layers", default="4:28")
+    parser.add_argument("--variants", nargs="+", default=None, help="subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--options", default="{}", help="JSON dict of extra HyWIA options for hywia rows")
+    parser.add_argument("--calib-samples", type=int, default=10)
+    parser.add_argument("--calib-len", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--title", default="HyWIA ablation")
+    parser.add_argument("--write", default=None, help="append the table to this markdown file")
+    parser.add_argument("--json", default=None, help="write the raw rows to this JSON file")
+    return parser.parse_args(argv)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    extra = json.loads(args.options)
+    names = args.variants or [n for n, (m, _, _) in VARIANTS.items() if m in METHODS]
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    dense_model, tokenizer = loaded.model, loaded.tokenizer
+    calib = calibration_samples(tokenizer, load_text(None, DEFAULT_CALIBRATION), args.calib_samples, args.calib_len,
+                                args.seed)
+    eval_ids = tokenize(tokenizer, load_text(None, DEFAULT_EVALUATION), args.eval_tokens)
+    dense = perplexity(dense_model, eval_ids, window=args.window, progress=False)
+    print(f"dense: {count_parameters(dense_model):,} parameters, PPL {dense.perplexity:.2f}", flush=True)
+    rows = []
+    for ratio in args.ratios:
+        for name in names:
+            method, allocation, options = VARIANTS[name]
+            if method == "hywia":
+                options = {**options, **extra}
+            model = copy.deepcopy(dense_model)
+            started = time.perf_counter()
+            result = prune(model, tokenizer, PruneConfig(ratio=ratio, method=method, allocation=allocation,
+                                                         layers=args.layers, seed=args.seed, progress=False,
+                                                         method_options=options), calibration_ids=calib)
+            seconds = time.perf_counter() - started
+            ppl = perplexity(model, eval_ids, window=args.window, progress=False).perplexity
+            row = {"ratio": ratio, "variant": name, "achieved": result.report["parameters"]["achieved_ratio"],
+                   "params": result.report["parameters"]["after"], "ppl": ppl, "seconds": seconds}
+            details = result.report.get("method_details") or {}
+            if "loss_curve" in details and details["loss_curve"]:
+                row["fusion_loss"] = [details["loss_curve"][0], details["loss_curve"][-1]]
+            rows.append(row)
+            print(f"{ratio:.0%} {name:22s} removed {row['achieved']:.2%}  PPL {ppl:10.2f}  ({seconds:.0f} s)", flush=True)
+            del model
+    table = render(args, dense, rows)
+    print(table)
+    if args.write:
+        with open(args.write, "a", encoding="utf-8") as handle:
+            handle.write(table + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dense_ppl": dense.perplexity, "rows": rows}, indent=1))
+    return 0
+
+
+def render(args, dense, rows) -> str:
+    command = "python bench/ablation.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"### {args.title}", "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; model {args.model or 'SmolLM2-135M-Instruct (embedded GGUF)'}, {args.dtype}.  ",
+        f"Calibration: LAMBADA, {args.calib_samples} x {args.calib_len} tokens, seed {args.seed}. Evaluation: "
+        f"BoolQ passages, first {args.eval_tokens} tokens, {args.window}-token windows. Layers pruned: {args.layers}. "
+        f"Dense PPL {dense.perplexity:.2f}.", "",
+        "| target | method | removed | params | PPL | time (s) |", "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['ratio']:.0%} | {row['variant']} | {row['achieved']:.2%} | {row['params']:,} | "
+                     f"{row['ppl']:.2f} | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
