@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hywia import PruneConfig, count_parameters, load_model, prune
-from hywia.data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, calibration_samples, load_text, tokenize
+from hywia.data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, calibration_samples, held_out_ids, load_text, tokenize
 from hywia.importance import METHODS
 from hywia.perplexity import perplexity
 
@@ -51,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--layers", default="4:28")
     parser.add_argument("--variants", nargs="+", default=None, help="subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--options", default="{}", help="JSON dict of extra HyWIA options for hywia rows")
+    parser.add_argument("--extra-variants", default="{}",
+                        help='JSON {"name": [method, allocation, {options}]} added to the run')
     parser.add_argument("--calib-samples", type=int, default=10)
     parser.add_argument("--calib-len", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
@@ -71,14 +73,20 @@ def machine() -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     extra = json.loads(args.options)
+    VARIANTS.update({name: tuple(spec) for name, spec in json.loads(args.extra_variants).items()})
     names = args.variants or [n for n, (m, _, _) in VARIANTS.items() if m in METHODS]
+    names += [n for n in json.loads(args.extra_variants) if n not in names]
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     dense_model, tokenizer = loaded.model, loaded.tokenizer
-    calib = calibration_samples(tokenizer, load_text(None, DEFAULT_CALIBRATION), args.calib_samples, args.calib_len,
-                                args.seed)
+    calib_text = load_text(None, DEFAULT_CALIBRATION)
+    calib = calibration_samples(tokenizer, calib_text, args.calib_samples, args.calib_len, args.seed)
+    # Validation (for choosing settings): held-out LAMBADA, never sampled for calibration, never evaluation.
+    val_ids = held_out_ids(tokenizer, calib_text, args.eval_tokens)
     eval_ids = tokenize(tokenizer, load_text(None, DEFAULT_EVALUATION), args.eval_tokens)
     dense = perplexity(dense_model, eval_ids, window=args.window, progress=False)
-    print(f"dense: {count_parameters(dense_model):,} parameters, PPL {dense.perplexity:.2f}", flush=True)
+    dense_val = perplexity(dense_model, val_ids, window=args.window, progress=False)
+    print(f"dense: {count_parameters(dense_model):,} parameters, val PPL {dense_val.perplexity:.2f}, "
+          f"PPL {dense.perplexity:.2f}", flush=True)
     rows = []
     for ratio in args.ratios:
         for name in names:
@@ -92,15 +100,17 @@ def main(argv=None) -> int:
                                                          method_options=options), calibration_ids=calib)
             seconds = time.perf_counter() - started
             ppl = perplexity(model, eval_ids, window=args.window, progress=False).perplexity
+            val = perplexity(model, val_ids, window=args.window, progress=False).perplexity
             row = {"ratio": ratio, "variant": name, "achieved": result.report["parameters"]["achieved_ratio"],
-                   "params": result.report["parameters"]["after"], "ppl": ppl, "seconds": seconds}
+                   "params": result.report["parameters"]["after"], "ppl": ppl, "val_ppl": val, "seconds": seconds}
             details = result.report.get("method_details") or {}
             if "loss_curve" in details and details["loss_curve"]:
                 row["fusion_loss"] = [details["loss_curve"][0], details["loss_curve"][-1]]
             rows.append(row)
-            print(f"{ratio:.0%} {name:22s} removed {row['achieved']:.2%}  PPL {ppl:10.2f}  ({seconds:.0f} s)", flush=True)
+            print(f"{ratio:.0%} {name:22s} removed {row['achieved']:.2%}  val PPL {val:10.2f}  PPL {ppl:10.2f}  "
+                  f"({seconds:.0f} s)", flush=True)
             del model
-    table = render(args, dense, rows)
+    table = render(args, dense, dense_val, rows)
     print(table)
     if args.write:
         with open(args.write, "a", encoding="utf-8") as handle:
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(args, dense, rows) -> str:
+def render(args, dense, dense_val, rows) -> str:
     command = "python bench/ablation.py " + " ".join(sys.argv[1:])
     lines = [
         f"### {args.title}", "",
@@ -118,12 +128,13 @@ def render(args, dense, rows) -> str:
         f"Machine: {machine()}; model {args.model or 'SmolLM2-135M-Instruct (embedded GGUF)'}, {args.dtype}.  ",
         f"Calibration: LAMBADA, {args.calib_samples} x {args.calib_len} tokens, seed {args.seed}. Evaluation: "
         f"BoolQ passages, first {args.eval_tokens} tokens, {args.window}-token windows. Layers pruned: {args.layers}. "
-        f"Dense PPL {dense.perplexity:.2f}.", "",
-        "| target | method | removed | params | PPL | time (s) |", "|---:|---|---:|---:|---:|---:|",
+        f"Dense PPL {dense.perplexity:.2f} (validation {dense_val.perplexity:.2f}). Settings are chosen on the validation column only.", "",
+        "| target | method | removed | params | val PPL (LAMBADA held-out) | PPL (BoolQ passages) | time (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(f"| {row['ratio']:.0%} | {row['variant']} | {row['achieved']:.2%} | {row['params']:,} | "
-                     f"{row['ppl']:.2f} | {row['seconds']:.0f} |")
+                     f"{row['val_ppl']:.2f} | {row['ppl']:.2f} | {row['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -138,14 +138,27 @@ def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
     return torch.tensor(ids[:max_tokens] if max_tokens is not None else ids, dtype=torch.long)
 
 
+CALIBRATION_SHARE = 0.75  # calibration windows come from the first 75% of the text's tokens
+
+
 def calibration_samples(tokenizer, text: str, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """``num_samples`` windows of ``seq_len`` tokens at seeded random offsets: a [N, L] id tensor."""
+    """``num_samples`` windows of ``seq_len`` tokens at seeded random offsets: a [N, L] id tensor.
+
+    Windows are drawn from the first ``CALIBRATION_SHARE`` of the text, so that ``held_out_ids`` (the
+    rest) can serve as a validation text for tuning that is neither calibration nor evaluation text.
+    """
     if num_samples < 1 or seq_len < 2:
         raise HywiaError(f"calibration needs >= 1 sample of >= 2 tokens, got {num_samples} x {seq_len}")
-    budget = max(num_samples * seq_len * 50, 200_000)
-    ids = tokenize(tokenizer, text, max_tokens=budget)
-    if len(ids) < seq_len:
-        raise HywiaError(f"the calibration text has {len(ids)} tokens, fewer than one sample of {seq_len}")
+    ids = tokenize(tokenizer, text)
+    region = ids[: int(len(ids) * CALIBRATION_SHARE)]
+    if len(region) < seq_len:
+        raise HywiaError(f"the calibration text has {len(ids)} tokens, too few for samples of {seq_len}")
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(ids) - seq_len + 1, (num_samples,), generator=generator)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    starts = torch.randint(0, len(region) - seq_len + 1, (num_samples,), generator=generator)
+    return torch.stack([region[s : s + seq_len] for s in starts.tolist()])
+
+
+def held_out_ids(tokenizer, text: str, max_tokens: int) -> torch.Tensor:
+    """Up to ``max_tokens`` tokens from the part of a calibration text that calibration never samples."""
+    ids = tokenize(tokenizer, text)
+    return ids[int(len(ids) * CALIBRATION_SHARE) :][:max_tokens]
