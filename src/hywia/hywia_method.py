@@ -23,6 +23,7 @@ from .importance.taylor import elementwise_importance, vectorwise_importance
 from .scoring import ScoreResult, Scores, ScoringContext, gradient_stats, register_scorer
 
 LOSSES = ("lm", "kl")
+DENSE_CACHE_BYTES = 1 << 30  # the dense logits of all calibration samples are kept when they fit in this
 
 
 @dataclass
@@ -32,11 +33,13 @@ class HybridOptions:
     fine: str = "element1"  # fine-grained saliency: element1 (w*g) or element2 (w*g - 1/2 w*F*w)
     normalisation: str = "mean"  # within (layer, kind): mean, rank or zscore (uniform allocation)
     blend: str = "layer"  # one blend per (layer, kind), or one per group
-    steps: int = 30  # optimisation steps of the fusion parameters
+    # steps / batch_size / loss: chosen on held-out LAMBADA validation over 4 calibration seeds
+    # (BENCHMARKS.md, "HyWIA sweep"), never on the evaluation text.
+    steps: int = 100  # optimisation steps of the fusion parameters
     lr: float = 0.05
     temperature: float = 0.1  # soft-mask temperature, in units of the fused scores' std
-    loss: str = "lm"  # lm: language-model loss; kl: KL divergence to the dense model's logits
-    batch_size: int = 2  # calibration samples per step
+    loss: str = "kl"  # lm: language-model loss; kl: KL divergence to the dense model's logits
+    batch_size: int = 8  # calibration samples per step
     key_dim: int = 8
     fixed_alpha: float | None = None  # fixed weight of the fine score (no learning): 0.5 = plain average
     realloc_every: int = 10  # global allocation: recompute per-layer widths every N steps
@@ -144,6 +147,9 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
     model.eval()
     losses = []
     generator = torch.Generator().manual_seed(context.seed)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    cache_fits = samples.numel() * vocab * 4 <= DENSE_CACHE_BYTES
+    dense_cache = _dense_logits(model, samples.to(device)) if opts.loss == "kl" and cache_fits else None
     try:
         with gated(model, context.adapter, context.group_sets) as gates:
             for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
@@ -151,12 +157,12 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
                 fused = {k: fuse(fine[k], coarse[k], alphas[k]) for k in fine}
                 if context.allocation == "global" and step and step % opts.realloc_every == 0:
                     keep = context.allocate({k: v.detach() for k, v in fused.items()})
-                batch = samples[torch.randperm(len(samples), generator=generator)[: opts.batch_size]].to(device)
-                gates.masks.clear()
+                rows = torch.randperm(len(samples), generator=generator)[: opts.batch_size]
+                batch = samples[rows].to(device)
                 dense_logits = None
                 if opts.loss == "kl":
-                    with torch.no_grad():
-                        dense_logits = model(input_ids=batch, use_cache=False).logits.float()
+                    gates.masks.clear()
+                    dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
                 gates.masks.update({k: soft_mask(fused[k], keep[k], opts.temperature) for k in fused})
                 loss = _objective(model, batch, dense_logits)
                 if not torch.isfinite(loss):
@@ -170,6 +176,11 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
             p.requires_grad_(flag)
         model.train(was_training)
     return keep, losses
+
+
+@torch.no_grad()
+def _dense_logits(model, batch: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(input_ids=batch[i : i + 8], use_cache=False).logits.float() for i in range(0, len(batch), 8)])
 
 
 def _objective(model, batch: torch.Tensor, dense_logits: torch.Tensor | None) -> torch.Tensor:
