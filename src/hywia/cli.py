@@ -105,6 +105,23 @@ def _describe_ppl(label: str, result: dict) -> str:
             f"{result['window']} tokens, {result['tokens_scored']} tokens scored)")
 
 
+def _plot_writer(report: dict):
+    """Write HyWIA's blend plot next to the model when matplotlib is there (it is optional)."""
+    details = report.get("method_details") or {}
+    if "alpha_fine" not in details:
+        return None
+
+    def write(folder: Path) -> None:
+        from .plots import plot_hywia
+
+        try:
+            plot_hywia(details, folder / "hywia_blend.png")
+        except HywiaError as error:
+            print(f"hywia: note: no plot ({error})", file=sys.stderr)
+
+    return write
+
+
 def run_prune(args) -> int:
     from .io import check_output_path, load_model, save_pruned
     from .pipeline import PruneConfig, count_parameters, prune
@@ -142,7 +159,8 @@ def run_prune(args) -> int:
         print(_describe_ppl("pruned", report["evaluation"]["pruned"]))
     if args.out:
         out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
-                          protected=protected, extra_files={"hywia_report.md": markdown(report)})
+                          protected=protected, extra_files={"hywia_report.md": markdown(report)},
+                          write_extras=_plot_writer(report))
         print(f"saved to {out} (reload with {report['reload_with']})")
     else:
         print("nothing saved (no --out)")

@@ -175,8 +175,12 @@ def save_pruned(
     overwrite: bool = False,
     protected: list[Path] | None = None,
     extra_files: dict[str, str] | None = None,
+    write_extras=None,
 ) -> Path:
-    """Write model + tokenizer + report into ``out`` atomically (a temp folder renamed into place)."""
+    """Write model + tokenizer + report into ``out`` atomically (a temp folder renamed into place).
+
+    ``write_extras(folder)``, if given, writes further files (e.g. plots) into the staging folder.
+    """
     out = check_output_path(out, overwrite=overwrite, protected=protected or [])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -187,6 +191,8 @@ def save_pruned(
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=1))
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        if write_extras is not None:
+            write_extras(staging)
         if out.exists():
             retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(retired)
