@@ -3,6 +3,7 @@
 from .errors import HywiaError
 from .io import load_model, load_pruned, save_pruned
 from .pipeline import PruneConfig, PruneResult, count_parameters, prune
+from . import forward_methods as _forward_methods  # noqa: F401  registers wanda-sp and flap
 
 __all__ = [
     "HywiaError",

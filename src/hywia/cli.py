@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="element1", choices=sorted(METHODS), help="importance method")
     prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                        help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
-                            "widths (default: the method's own choice, uniform for gradient methods)")
+                            "widths by score per parameter; global-score: per-layer widths by score alone "
+                            "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
     prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")
@@ -111,7 +112,10 @@ def run_prune(args) -> int:
     if args.out:
         out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
                           protected=protected, extra_files={"hywia_report.md": markdown(report)})
-        how = ("AutoModelForCausalLM.from_pretrained" if report["uniform_widths"] else "hywia.load_pruned")
+        from .adapters import OUTPUT_BIAS_KEY
+
+        stock = report["uniform_widths"] and not getattr(result.model.config, OUTPUT_BIAS_KEY, None)
+        how = "AutoModelForCausalLM.from_pretrained" if stock else "hywia.load_pruned"
         print(f"saved to {out} (reload with {how})")
     else:
         print("nothing saved (no --out)")

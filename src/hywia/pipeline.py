@@ -15,8 +15,8 @@ from torch import nn
 from .adapters import get_adapter
 from .allocate import (
     ALLOCATIONS,
-    GLOBAL,
-    allocate_global,
+    UNIFORM,
+    allocate_scored,
     allocate_uniform,
     budgets_for,
     check_feasible,
@@ -90,7 +90,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
 
     # Fail on an impossible request before any expensive work.
     check_feasible(budgets, config.ratio, params_before)
-    allocation = allocate_uniform(budgets, config.ratio, params_before) if config.allocation != GLOBAL else None
+    allocation = allocate_uniform(budgets, config.ratio, params_before) if config.allocation == UNIFORM else None
 
     samples = None
     if needs_calibration(config.method):
@@ -103,7 +103,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
                              dict(config.method_options))
     scored = score(config.method, context)
     if allocation is None:
-        allocation = allocate_global(budgets, scored.scores, config.ratio, params_before)
+        allocation = allocate_scored(config.allocation, budgets, scored.scores, config.ratio, params_before)
 
     keep = {key: top_units(scored.scores[key], count) for key, count in allocation.keep_counts.items()}
     if scored.before_surgery is not None:
@@ -114,6 +114,9 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         raise RuntimeError(
             f"surgery removed {params_before - params_after} parameters, the plan said {allocation.removed_params}"
         )
+    if scored.after_surgery is not None:
+        scored.after_surgery()
+        params_after = count_parameters(model)  # it may add parameters (FLAP's compensation biases)
     report = build_report(
         config=config.to_dict(),
         layers=layers,
