@@ -185,8 +185,13 @@ def run_layerwise(
     ``observe(layer)`` (``{name: dotted path below the model}``) get their *inputs* accumulated in a
     :class:`RunningStats` each; for layers in ``layers`` the statistics are then given to
     ``process(layer, module, stats)``, whose return value is recorded. The layer's outputs on the
-    calibration batches become the next layer's inputs. ``process`` sees the layer on ``device``;
-    changes it makes to the layer do not change the outputs already passed on.
+    calibration batches become the next layer's inputs (the dense outputs: changes ``process`` makes to
+    the layer do not change what was passed on).
+
+    Placement: without ``offload`` each layer runs where it lives (inputs follow it, so models spread
+    over several devices work) and ``device`` only says where the captured inputs are kept; with
+    ``offload`` each layer is moved to ``device`` (default: the embedding's device), processed there,
+    and moved back. The final outputs are returned in ``LayerwiseResult.hidden``.
     """
     if samples is None or samples.ndim != 2 or len(samples) == 0:
         raise HywiaError("layer-wise calibration needs calibration token ids of shape [N, L]")
@@ -195,7 +200,7 @@ def run_layerwise(
     wanted = sorted(set(range(adapter.num_layers) if layers is None else layers))
     decoder_layers = adapter.decoder_layers()
     target = torch.device(device) if device is not None else model.get_input_embeddings().weight.device
-    inputs = capture_layer_inputs(model, adapter, samples, batch_size, device=target if offload else None)
+    inputs = capture_layer_inputs(model, adapter, samples, batch_size, device=target)
     hidden = inputs.hidden
     result = LayerwiseResult()
     bar = tqdm(range(wanted[-1] + 1), desc="layer-wise calibration", unit="layer", disable=not progress, leave=False)
