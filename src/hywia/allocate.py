@@ -16,7 +16,8 @@ from .groups import ATTN, MLP, GroupSet
 
 UNIFORM = "uniform"
 GLOBAL = "global"
-ALLOCATIONS = (UNIFORM, GLOBAL)
+GLOBAL_SCORE = "global-score"  # FLAP's rule: rank units by score alone, not score per parameter
+ALLOCATIONS = (UNIFORM, GLOBAL, GLOBAL_SCORE)
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,22 @@ def allocate_uniform(budgets: list[UnitBudget], ratio: float, total_params: int)
 
 
 def allocate_global(
-    budgets: list[UnitBudget], scores: dict[tuple[int, str], torch.Tensor], ratio: float, total_params: int
+    budgets: list[UnitBudget],
+    scores: dict[tuple[int, str], torch.Tensor],
+    ratio: float,
+    total_params: int,
+    *,
+    per_parameter: bool = True,
 ) -> Allocation:
     """Non-uniform widths: remove the units of lowest score per parameter across all pruned layers.
 
     Scores must be comparable across layers (Taylor scores are loss-change estimates; fused HyWIA
     scores are normalised per layer). Each layer keeps at least its minimum; MLP widths stay multiples
     of the step: removals happen ``step`` channels at a time, the lowest-scored first.
+
+    With ``per_parameter=False`` (allocation ``global-score``, FLAP's rule) units are ranked by their
+    score alone, whatever their size -- right for standardised scores, which may be negative and carry
+    no unit of "importance per weight" -- and removed lowest first until the parameter target is met.
     """
     check_feasible(budgets, ratio, total_params)
     target = round(ratio * total_params)
@@ -148,7 +158,8 @@ def allocate_global(
         for start in range(0, usable - b.min_keep, b.step):
             chunk = ordered[tail + start : tail + start + b.step] if start else ordered[: tail + b.step]
             units = len(chunk)
-            chunks.append((chunk.sum().item() / (units * b.params_per_unit), b.key, units, units * b.params_per_unit))
+            value = chunk.sum().item() / (units * b.params_per_unit if per_parameter else units)
+            chunks.append((value, b.key, units, units * b.params_per_unit))
     chunks.sort(key=lambda c: c[0])
     keep = {b.key: b.num_units for b in budgets}
     removed = 0
@@ -158,6 +169,15 @@ def allocate_global(
         keep[key] -= units
         removed += params
     return Allocation(keep, removed, total_params)
+
+
+def allocate_scored(
+    mode: str, budgets: list[UnitBudget], scores: dict[tuple[int, str], torch.Tensor], ratio: float, total_params: int
+) -> Allocation:
+    """The score-driven allocations: ``global`` (score per parameter) or ``global-score`` (score alone)."""
+    if mode not in (GLOBAL, GLOBAL_SCORE):
+        raise HywiaError(f"allocation {mode!r} does not use scores; expected {GLOBAL} or {GLOBAL_SCORE}")
+    return allocate_global(budgets, scores, ratio, total_params, per_parameter=mode == GLOBAL)
 
 
 def top_units(scores: torch.Tensor, count: int) -> torch.Tensor:

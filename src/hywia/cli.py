@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="hywia", choices=sorted(METHODS), help="importance method (default hywia)")
     prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                        help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
-                            "widths (default: the method's own choice, uniform for gradient methods)")
+                            "widths by score per parameter; global-score: per-layer widths by score alone "
+                            "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
     prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")

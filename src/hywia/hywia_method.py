@@ -94,7 +94,7 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
     started = time.perf_counter()
     fine_raw, coarse_raw = granularity_scores(context, opts)
     ppu = {gs.key: gs.params_per_unit(context.model) for gs in context.group_sets}
-    scope = "model" if context.allocation == "global" else "layer"
+    scope = "layer" if context.allocation == "uniform" else "model"
     fine = comparable(fine_raw, ppu, scope, opts.normalisation)
     coarse = comparable(coarse_raw, ppu, scope, opts.normalisation)
     keys = [gs.key for gs in context.group_sets]
@@ -155,7 +155,7 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
             for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
                 alphas = blend_weights()
                 fused = {k: fuse(fine[k], coarse[k], alphas[k]) for k in fine}
-                if context.allocation == "global" and step and step % opts.realloc_every == 0:
+                if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
                     keep = context.allocate({k: v.detach() for k, v in fused.items()})
                 rows = torch.randperm(len(samples), generator=generator)[: opts.batch_size]
                 batch = samples[rows].to(device)

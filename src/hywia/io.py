@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import LAYER_WIDTHS_KEY, LayerWidths, get_adapter
+from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, LayerWidths, get_adapter
 from .errors import HywiaError
 from .surgery import resize_to_widths
 
@@ -84,7 +84,7 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
         if not (path / "config.json").is_file():
             raise HywiaError(f"{path} has no config.json: not a HuggingFace model folder")
         config = json.loads((path / "config.json").read_text())
-        if LAYER_WIDTHS_KEY in config:
+        if LAYER_WIDTHS_KEY in config or OUTPUT_BIAS_KEY in config:
             model = load_pruned(path, dtype=torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement)
@@ -118,8 +118,9 @@ def load_pruned(path: str | Path, *, dtype: torch.dtype | str = torch.float32, d
     """Reload a hywia output, including one with per-layer (non-uniform) widths.
 
     Builds the architecture from the saved config, shrinks every layer to the widths recorded under
-    ``hywia_layer_widths`` and loads the safetensors weights strictly. Uniform outputs reload with plain
-    ``AutoModelForCausalLM.from_pretrained`` as well.
+    ``hywia_layer_widths``, adds the output biases recorded under ``hywia_output_biases`` (FLAP's bias
+    compensation on architectures without a config flag for them) and loads the safetensors weights
+    strictly. Outputs with neither key reload with plain ``AutoModelForCausalLM.from_pretrained`` too.
     """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -130,10 +131,13 @@ def load_pruned(path: str | Path, *, dtype: torch.dtype | str = torch.float32, d
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     config = AutoConfig.from_pretrained(path)
     layer_widths = getattr(config, LAYER_WIDTHS_KEY, None)
-    if layer_widths is None:
+    if layer_widths is None and not getattr(config, OUTPUT_BIAS_KEY, None):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    resize_to_widths(model, get_adapter(model), [LayerWidths.from_dict(w) for w in layer_widths])
+    adapter = get_adapter(model)
+    if layer_widths is not None:
+        resize_to_widths(model, adapter, [LayerWidths.from_dict(w) for w in layer_widths])
+    adapter.restore_output_biases()
     state = {}
     shards = sorted(path.glob("*.safetensors"))
     if not shards:

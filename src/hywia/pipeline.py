@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .adapters import LAYER_WIDTHS_KEY, get_adapter
+from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
 from .allocate import (
     ALLOCATIONS,
-    GLOBAL,
-    allocate_global,
+    UNIFORM,
+    allocate_scored,
     allocate_uniform,
     budgets_for,
     check_feasible,
@@ -90,7 +90,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
 
     # Fail on an impossible request before any expensive work.
     check_feasible(budgets, config.ratio, params_before)
-    allocation = allocate_uniform(budgets, config.ratio, params_before) if config.allocation != GLOBAL else None
+    allocation = allocate_uniform(budgets, config.ratio, params_before) if config.allocation == UNIFORM else None
 
     samples = None
     if needs_calibration(config.method):
@@ -99,16 +99,17 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         else:
             text = load_text(config.calibration, DEFAULT_CALIBRATION)
             samples = calibration_samples(tokenizer, text, config.num_samples, config.seq_len, config.seed)
+
     def keep_counts_for(scores):
         if allocation is not None:
             return allocation.keep_counts
-        return allocate_global(budgets, scores, config.ratio, params_before).keep_counts
+        return allocate_scored(config.allocation, budgets, scores, config.ratio, params_before).keep_counts
 
     context = ScoringContext(model, adapter, group_sets, samples, config.seed, config.batch_size, config.progress,
                              dict(config.method_options), config.allocation, keep_counts_for)
     scored = score(config.method, context)
     if allocation is None:
-        allocation = allocate_global(budgets, scored.scores, config.ratio, params_before)
+        allocation = allocate_scored(config.allocation, budgets, scored.scores, config.ratio, params_before)
 
     keep = {key: top_units(scored.scores[key], count) for key, count in allocation.keep_counts.items()}
     if scored.before_surgery is not None:
@@ -119,6 +120,9 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         raise RuntimeError(
             f"surgery removed {params_before - params_after} parameters, the plan said {allocation.removed_params}"
         )
+    if scored.after_surgery is not None:
+        scored.after_surgery()
+        params_after = count_parameters(model)  # it may add parameters (FLAP's compensation biases)
     report = build_report(
         config=config.to_dict(),
         layers=layers,
@@ -130,6 +134,6 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         params_after=params_after,
         method_details=scored.details,
         seconds=time.perf_counter() - started,
-        stock_config=not hasattr(model.config, LAYER_WIDTHS_KEY),
+        stock_config=not (hasattr(model.config, LAYER_WIDTHS_KEY) or getattr(model.config, OUTPUT_BIAS_KEY, None)),
     )
     return PruneResult(model, report)

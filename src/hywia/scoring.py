@@ -43,6 +43,9 @@ class ScoreResult:
     # Called with the final keep indices (keyed by (layer, kind)) before the weights are sliced, while
     # the removed units still exist: e.g. FLAP's bias compensation folds them into a bias here.
     before_surgery: Callable[[dict[tuple[int, str], torch.Tensor]], None] | None = None
+    # Called once the units are gone (after the parameter check); may add parameters, e.g. FLAP's
+    # compensation biases, which would otherwise be sliced by the surgery.
+    after_surgery: Callable[[], None] | None = None
 
 
 WholeModelScorer = Callable[[ScoringContext], ScoreResult]

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..errors import HywiaError
 from .base import LayerWidths, ModelAdapter
-from .llama import LAYER_WIDTHS_KEY, LlamaAdapter
+from .llama import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, LlamaAdapter
 
 ADAPTERS: list[type[ModelAdapter]] = [LlamaAdapter]
 
@@ -28,4 +28,4 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "LAYER_WIDTHS_KEY", "LayerWidths", "ModelAdapter", "get_adapter", "supported_model_types"]
+__all__ = ["ADAPTERS", "LAYER_WIDTHS_KEY", "OUTPUT_BIAS_KEY", "LayerWidths", "ModelAdapter", "get_adapter", "supported_model_types"]

@@ -86,6 +86,18 @@ class ModelAdapter(ABC):
         when the widths are recorded per layer (reload with ``hywia.load_pruned``).
         """
 
+    def add_output_biases(self, kinds: set[str]) -> None:
+        """Give ``unit_output_module(layer, kind)`` a (zero) bias in every layer for each kind in ``kinds``.
+
+        Whatever else the architecture needs for a saved model to reload those biases is done here too
+        (config flags, zero biases on sibling projections, or a record that ``restore_output_biases``
+        reads). Existing biases are kept.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot add output biases")
+
+    def restore_output_biases(self) -> None:
+        """Re-create the biases recorded by ``add_output_biases`` on a model freshly built from its config."""
+
     def decoder_layers(self) -> list[nn.Module]:
         return [self.model.get_submodule(self.layer_prefix(i)) for i in range(self.num_layers)]
 

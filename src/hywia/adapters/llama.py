@@ -8,6 +8,7 @@ on the MLP (``attention_bias`` / ``mlp_bias``) are sliced with their weights. Pe
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import HywiaError
@@ -17,6 +18,21 @@ from .base import LayerWidths, ModelAdapter
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 LAYER_WIDTHS_KEY = "hywia_layer_widths"
+OUTPUT_BIAS_KEY = "hywia_output_biases"
+# Config flags that give o_proj / down_proj a bias, with every projection they switch on, per model_type.
+# Kinds without a flag fall back to OUTPUT_BIAS_KEY, which only hywia.load_pruned understands.
+CONFIG_BIAS_FLAGS = {
+    "llama": {ATTN: ("attention_bias", ATTN_PROJ), MLP: ("mlp_bias", MLP_PROJ)},
+    "qwen3": {ATTN: ("attention_bias", ATTN_PROJ)},
+}
+
+
+def ensure_bias(linear: nn.Linear) -> None:
+    """Add a zero bias to ``linear`` if it has none (same dtype and device as its weight)."""
+    if linear.bias is None:
+        weight = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                                   requires_grad=weight.requires_grad)
 
 
 class LlamaAdapter(ModelAdapter):
@@ -103,6 +119,38 @@ class LlamaAdapter(ModelAdapter):
     def unit_output_module(self, layer: int, kind: str) -> str:
         prefix = self.layer_prefix(layer)
         return f"{prefix}.self_attn.o_proj" if kind == ATTN else f"{prefix}.mlp.down_proj"
+
+    def _projections(self, layer: int, kind: str, names: tuple[str, ...]) -> list[nn.Linear]:
+        parent = self._attn(layer) if kind == ATTN else self._mlp(layer)
+        return [getattr(parent, name) for name in names]
+
+    def add_output_biases(self, kinds: set[str]) -> None:
+        """Llama / Qwen3: switch on the config flag (``attention_bias`` -> q/k/v/o, ``mlp_bias`` ->
+        gate/up/down) and give every projection it covers a zero bias, so that plain
+        ``from_pretrained`` reloads them. Otherwise (Mistral, Qwen2 ...) only o_proj / down_proj get
+        one, recorded under ``hywia_output_biases`` for ``hywia.load_pruned``."""
+        cfg = self.config
+        recorded = set(getattr(cfg, OUTPUT_BIAS_KEY, None) or [])
+        for kind in sorted(kinds):
+            flag = CONFIG_BIAS_FLAGS.get(getattr(cfg, "model_type", None), {}).get(kind)
+            names = flag[1] if flag else (ATTN_PROJ[-1] if kind == ATTN else MLP_PROJ[-1],)
+            for layer in range(self.num_layers):
+                for linear in self._projections(layer, kind, names):
+                    ensure_bias(linear)
+            if flag:
+                setattr(cfg, flag[0], True)
+            else:
+                recorded.add(kind)
+        if recorded:
+            setattr(cfg, OUTPUT_BIAS_KEY, sorted(recorded))
+
+    def restore_output_biases(self) -> None:
+        for kind in getattr(self.config, OUTPUT_BIAS_KEY, None) or []:
+            if kind not in (ATTN, MLP):
+                raise HywiaError(f"{OUTPUT_BIAS_KEY} lists {kind!r}; expected {ATTN!r} or {MLP!r}")
+            name = ATTN_PROJ[-1] if kind == ATTN else MLP_PROJ[-1]
+            for layer in range(self.num_layers):
+                ensure_bias(self._projections(layer, kind, (name,))[0])
 
     def after_resize(self, layer: int, widths: LayerWidths) -> None:
         attn = self._attn(layer)
