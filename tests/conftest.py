@@ -6,6 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
 
+# Tiny models: thread synchronisation costs more than the arithmetic (25x slower with 2 threads here).
+torch.set_num_threads(1)
+
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=3, head_dim=8,
               max_position_embeddings=64, tie_word_embeddings=False)

