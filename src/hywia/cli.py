@@ -164,7 +164,8 @@ def _add_report_parser(sub) -> None:
 def _add_bench_speed_parser(sub) -> None:
     bench = sub.add_parser("bench-speed", help="parameters, MACs, memory and tokens/s, pruned vs dense")
     _add_model_args(bench, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-    bench.add_argument("--baseline", default=None, help="dense model to compare with (same options)")
+    bench.add_argument("--baseline", default=None,
+                       help="dense model to compare with: folder, .gguf, hub id or 'default' (embedded SmolLM2)")
     bench.add_argument("--prompt-len", type=int, default=128, help="prefill length in tokens (default 128)")
     bench.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run (default 32)")
     bench.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
@@ -222,7 +223,8 @@ def run_bench_speed(args) -> int:
     config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                          batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()],
                          repeats=args.repeats, warmup=args.warmup)
-    specs = ([("dense", args.baseline)] if args.baseline else []) + [("model", args.model)]
+    baseline = None if args.baseline == "default" else args.baseline
+    specs = ([("dense", baseline)] if args.baseline else []) + [("model", args.model)]
     measurements = bench_models(specs, config, dtype=args.dtype, device=args.device)
     print(speed_table(measurements))
     if args.json:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import statistics
 import threading
 import time
@@ -117,21 +118,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier), as the model's forward names it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """Seconds for the prefill forward and for ``new_tokens`` greedy decode steps on its cache."""
     device = ids.device
+    cache_name = _cache_argument(model)
     _sync(device)
     start = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
     next_ids = out.logits[:, -1:].argmax(-1)
     _sync(device)
     prefill = time.perf_counter() - start
-    past = out.past_key_values
+    past = getattr(out, cache_name)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=next_ids, past_key_values=past, use_cache=True)
-        past, next_ids = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=next_ids, use_cache=True, **{cache_name: past})
+        past, next_ids = getattr(out, cache_name), out.logits[:, -1:].argmax(-1)
     _sync(device)
     return prefill, time.perf_counter() - start
 
