@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 from benchlib import command_line, machine, now, write_section
@@ -38,7 +39,7 @@ def main() -> None:
                          batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
                          warmup=args.warmup)
     baseline = None if args.baseline == "default" else args.baseline
-    start = time.time()
+    start, load_before = time.time(), os.getloadavg()
     results = bench_models([("dense", baseline), ("pruned", args.model)], config, dtype=args.dtype, device=args.device)
     table = speed_table(results)
     print(table)
@@ -48,7 +49,8 @@ def main() -> None:
     label = args.label or f"{args.model.rstrip('/').split('/')[-1]}-{args.device}"
     body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time {time.time() - start:.0f} s; "
             f"prompt {config.prompt_len} tokens, {config.new_tokens} decoded tokens, warm-up {config.warmup}, "
-            f"median of {config.repeats}.\n\n{table}\n")
+            f"median of {config.repeats}. 1-min load average before / after: {load_before[0]:.2f} / "
+            f"{os.getloadavg()[0]:.2f} (other jobs on the machine disturb CPU timings).\n\n{table}\n")
     if not args.no_write:
         print(f"section speed:{label} written to {write_section(f'speed:{label}', f'Speed: {label}', body)}")
 

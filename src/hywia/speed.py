@@ -8,9 +8,10 @@
   activations are left out (< 1 % here). The Linear part equals what
   ``torch.utils.flop_counter.FlopCounterMode`` counts (checked in the tests); that counter is not used
   for the total because on CPU it does not see the attention inside ``scaled_dot_product_attention``.
-* Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the measured runs (weights included);
-  on CPU the peak resident-set size (RSS, psutil, sampled every 2 ms) above the RSS before the runs,
-  i.e. activations + KV cache only; the weights' size is reported separately (parameter + buffer bytes).
+* Peak memory, in one extra untimed run per batch size: on CUDA ``torch.cuda.max_memory_allocated``
+  (weights included); on CPU the peak resident-set size (RSS, psutil, sampled every 2 ms by a thread)
+  above the RSS before the run, i.e. activations + KV cache only; the weights' size is reported
+  separately (parameter + buffer bytes). The sampling thread is kept out of the timed runs.
 * Throughput: greedy, random prompt ids (seeded), after ``warmup`` untimed runs, median of ``repeats``.
   Prefill = one forward over ``batch x prompt_len`` tokens with the cache on; decode = ``new_tokens``
   single-token steps on that cache, tokens/s = batch x new_tokens / time.
@@ -155,14 +156,15 @@ def measure(model: nn.Module, config: SpeedConfig) -> dict:
         ids = torch.randint(0, vocab, (batch, config.prompt_len), generator=generator).to(device)
         for _ in range(config.warmup):
             _prefill_then_decode(model, ids, config.new_tokens)
-        if device.type == "cuda":
+        times = [_prefill_then_decode(model, ids, config.new_tokens) for _ in range(config.repeats)]
+        if device.type == "cuda":  # one more, untimed run for the memory peak
             torch.cuda.reset_peak_memory_stats(device)
-            times = [_prefill_then_decode(model, ids, config.new_tokens) for _ in range(config.repeats)]
+            _prefill_then_decode(model, ids, config.new_tokens)
             peak_memory = max(peak_memory, torch.cuda.max_memory_allocated(device))
             memory_method = "torch.cuda.max_memory_allocated (weights + activations + KV cache)"
-        else:
+        else:  # separate, untimed run: the sampling thread stays out of the timing
             with _PeakRSS() as rss:
-                times = [_prefill_then_decode(model, ids, config.new_tokens) for _ in range(config.repeats)]
+                _prefill_then_decode(model, ids, config.new_tokens)
             peak_memory = max(peak_memory, rss.delta)
             memory_method = "CPU peak RSS above the pre-run level (activations + KV cache; weights excluded)"
         prefill = statistics.median(t[0] for t in times)
