@@ -42,6 +42,7 @@ def test_results_merge_keeps_other_sections(tmp_path):
 
 
 def test_report_table_and_png(tmp_path):
+    pytest.importorskip("matplotlib")
     dense, pruned = _model(tmp_path, "dense", 0.5), _model(tmp_path, "pruned", 0.4, pruned=True)
     rows = collect([str(dense), str(pruned)])
     table = markdown_comparison(rows)

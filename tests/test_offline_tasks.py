@@ -41,8 +41,9 @@ def test_piqa(local):
 def test_hellaswag_keeps_hub_fields_for_lm_eval_process_docs(local):
     row = local["hellaswag"].rows[0]
     assert row["activity_label"] == "Roof shingle removal" and row["label"] == "3" and len(row["endings"]) == 4
-    from lm_eval.tasks.hellaswag.utils import process_docs
+    pytest.importorskip("lm_eval")
     import datasets
+    from lm_eval.tasks.hellaswag.utils import process_docs
 
     doc = process_docs(datasets.Dataset.from_list(local["hellaswag"].rows[:2]))[0]
     assert doc["query"].startswith("Roof shingle removal: A man is sitting on a roof. He") and doc["gold"] == 3

@@ -209,6 +209,7 @@ def run_report(args) -> int:
     print(table)
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")
         print(f"table written to {args.out}")
     if plot:
