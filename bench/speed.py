@@ -1,0 +1,59 @@
+"""Dense vs pruned efficiency (parameters, MACs, peak memory, prefill / decode tokens/s) -> BENCHMARKS.md.
+
+Example (GPU):
+    python bench/speed.py --model /path/pruned --baseline /path/dense --device cuda --dtype bfloat16
+CPU check of the embedded SmolLM2 vs a 20 % prune:
+    hywia prune --ratio 0.2 --out /tmp/smol20 --quiet
+    python bench/speed.py --model /tmp/smol20 --baseline default --device cpu --label smol20-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from benchlib import command_line, machine, now, write_section
+
+from hywia.speed import SpeedConfig, bench_models, speed_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="pruned model (folder, .gguf, hub id)")
+    parser.add_argument("--baseline", default="default", help="dense model; 'default' = embedded SmolLM2-135M")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--label", default=None, help="section key in BENCHMARKS.md (default: from the model and device)")
+    parser.add_argument("--json", default=None, help="also write the raw measurements here")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+
+    config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                         batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
+                         warmup=args.warmup)
+    baseline = None if args.baseline == "default" else args.baseline
+    start, load_before = time.time(), os.getloadavg()
+    results = bench_models([("dense", baseline), ("pruned", args.model)], config, dtype=args.dtype, device=args.device)
+    table = speed_table(results)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"config": config.to_dict(), "models": results}, handle, indent=1)
+    label = args.label or f"{args.model.rstrip('/').split('/')[-1]}-{args.device}"
+    body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time {time.time() - start:.0f} s; "
+            f"prompt {config.prompt_len} tokens, {config.new_tokens} decoded tokens, warm-up {config.warmup}, "
+            f"median of {config.repeats}. 1-min load average before / after: {load_before[0]:.2f} / "
+            f"{os.getloadavg()[0]:.2f} (other jobs on the machine disturb CPU timings).\n\n{table}\n")
+    if not args.no_write:
+        print(f"section speed:{label} written to {write_section(f'speed:{label}', f'Speed: {label}', body)}")
+
+
+if __name__ == "__main__":
+    main()
