@@ -58,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--zeroshot-limit", type=int, default=None,
+                        help="also report the 7-task average (lm-eval, first N documents per task)")
+    parser.add_argument("--zeroshot-variants", nargs="*", default=None,
+                        help="rows that get the 7-task average (default: all, when --zeroshot-limit is set)")
     parser.add_argument("--title", default="HyWIA ablation")
     parser.add_argument("--write", default=None, help="append the table to this markdown file")
     parser.add_argument("--json", default=None, help="write the raw rows to this JSON file")
@@ -85,8 +89,9 @@ def main(argv=None) -> int:
     eval_ids = tokenize(tokenizer, load_text(None, DEFAULT_EVALUATION), args.eval_tokens)
     dense = perplexity(dense_model, eval_ids, window=args.window, progress=False)
     dense_val = perplexity(dense_model, val_ids, window=args.window, progress=False)
+    dense_avg7 = zeroshot_average(args, dense_model, tokenizer) if args.zeroshot_limit else None
     print(f"dense: {count_parameters(dense_model):,} parameters, val PPL {dense_val.perplexity:.2f}, "
-          f"PPL {dense.perplexity:.2f}", flush=True)
+          f"PPL {dense.perplexity:.2f}, 7-task average {dense_avg7}", flush=True)
     rows = []
     for ratio in args.ratios:
         for name in names:
@@ -103,13 +108,18 @@ def main(argv=None) -> int:
             val = perplexity(model, val_ids, window=args.window, progress=False).perplexity
             row = {"ratio": ratio, "variant": name, "achieved": result.report["parameters"]["achieved_ratio"],
                    "params": result.report["parameters"]["after"], "ppl": ppl, "val_ppl": val, "seconds": seconds}
+            if args.zeroshot_limit and (args.zeroshot_variants is None or name in args.zeroshot_variants):
+                row["avg7"] = zeroshot_average(args, model, tokenizer)
             details = result.report.get("method_details") or {}
             if "loss_curve" in details and details["loss_curve"]:
                 row["fusion_loss"] = [details["loss_curve"][0], details["loss_curve"][-1]]
             rows.append(row)
+            if args.json:  # after every row: a run cut short still leaves what it measured
+                Path(args.json).write_text(json.dumps({"dense_ppl": dense.perplexity, "rows": rows}, indent=1))
             print(f"{ratio:.0%} {name:22s} removed {row['achieved']:.2%}  val PPL {val:10.2f}  PPL {ppl:10.2f}  "
                   f"({seconds:.0f} s)", flush=True)
             del model
+    dense.avg7 = dense_avg7
     table = render(args, dense, dense_val, rows)
     print(table)
     if args.write:
@@ -120,6 +130,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def zeroshot_average(args, model, tokenizer) -> float | None:
+    """The paper's 7-task average (acc for BoolQ/PIQA/WinoGrande, acc_norm for the others), in %."""
+    from hywia.zeroshot import PAPER_TASKS, evaluate_zeroshot
+
+    result = evaluate_zeroshot(model, tokenizer, list(PAPER_TASKS), limit=args.zeroshot_limit, batch_size=32,
+                               mode="offline", log=lambda *_: None)
+    return None if result.average is None else round(100 * result.average, 2)
+
+
 def render(args, dense, dense_val, rows) -> str:
     command = "python bench/ablation.py " + " ".join(sys.argv[1:])
     lines = [
@@ -128,13 +147,15 @@ def render(args, dense, dense_val, rows) -> str:
         f"Machine: {machine()}; model {args.model or 'SmolLM2-135M-Instruct (embedded GGUF)'}, {args.dtype}.  ",
         f"Calibration: LAMBADA, {args.calib_samples} x {args.calib_len} tokens, seed {args.seed}. Evaluation: "
         f"BoolQ passages, first {args.eval_tokens} tokens, {args.window}-token windows. Layers pruned: {args.layers}. "
-        f"Dense PPL {dense.perplexity:.2f} (validation {dense_val.perplexity:.2f}). Settings are chosen on the validation column only.", "",
-        "| target | method | removed | params | val PPL (LAMBADA held-out) | PPL (BoolQ passages) | time (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        f"Dense PPL {dense.perplexity:.2f} (validation {dense_val.perplexity:.2f})"
+        + (f", 7-task average {dense.avg7} (lm-eval 0-shot, first {args.zeroshot_limit} documents per task)"
+           if args.zeroshot_limit else "") + ". Settings are chosen on the validation column only.", "",
+        "| target | method | removed | params | val PPL (LAMBADA held-out) | PPL (BoolQ passages) | 7-task avg | time (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(f"| {row['ratio']:.0%} | {row['variant']} | {row['achieved']:.2%} | {row['params']:,} | "
-                     f"{row['val_ppl']:.2f} | {row['ppl']:.2f} | {row['seconds']:.1f} |")
+                     f"{row['val_ppl']:.2f} | {row['ppl']:.2f} | {row.get('avg7', '')} | {row['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
