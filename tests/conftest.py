@@ -35,15 +35,21 @@ def tiny_config(kind: str):
 TINY_KINDS = ("llama-mha", "llama-gqa", "mistral", "qwen2")
 
 
-def build_tiny(kind: str, seed: int = 0):
+def build_from_config(config, seed: int = 0, attn: str | None = None):
+    """A random model of ``config`` with non-zero biases (they are zero at init: make them matter)."""
     torch.manual_seed(seed)
-    config = tiny_config(kind)
+    if attn is not None:
+        config._attn_implementation = attn
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # biases are zero at init: make them matter
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0, 0.1)
     return model.eval()
+
+
+def build_tiny(kind: str, seed: int = 0):
+    return build_from_config(tiny_config(kind), seed)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
