@@ -37,6 +37,7 @@ def test_prune_save_and_eval(capsys, tmp_path, tiny_model_dir, calib_file):
                           "--window", "16", "--quiet")
     assert code == 0, stdout
     assert "pruned perplexity" in stdout and (out / "hywia_report.json").is_file()
+    assert (out / "hywia_blend.png").stat().st_size > 10_000  # the default method, HyWIA, plots its blend
     code, stdout, _ = run(capsys, "eval", "--model", str(out), "--text", str(calib_file), "--window", "16", "--quiet")
     assert code == 0 and '"perplexity"' in stdout
 

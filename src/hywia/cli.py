@@ -140,7 +140,7 @@ def run_prune(args) -> int:
     if args.method != "hywia" and _hywia_options(args):
         raise HywiaError("--hywia-* options only apply to --method hywia")
     config.validate()
-    if args.out:
+    if args.out:  # fail before the (slow) model load; checked again below against the loaded model's path
         check_output_path(args.out, overwrite=args.overwrite, protected=[])
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     protected = [loaded.local_path] if loaded.local_path else []

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from tqdm.auto import tqdm
 
+from .allocate import top_units
 from .errors import HywiaError
 from .gates import gated
 from .groups import MLP
@@ -131,9 +132,23 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
             name: {f"{k[0]}.{k[1]}": int(c) for k, c in context.allocate(scores).items()}
             for name, scores in (("fine", fine), ("coarse", coarse), ("hybrid", fused))
         },
+        "shared_with_hybrid": {
+            name: _shared_selection(scores, fused, context.allocate) for name, scores in (("fine", fine), ("coarse", coarse))
+        },
         "seconds": round(time.perf_counter() - started, 2),
     }
     return ScoreResult(fused, details)
+
+
+def _shared_selection(single: Scores, fused: Scores, allocate) -> dict[str, float]:
+    """Per (layer, kind): share of the units the hybrid keeps that a single granularity keeps too."""
+    single_counts, fused_counts = allocate(single), allocate(fused)
+    shares = {}
+    for key in fused:
+        kept_fused = set(top_units(fused[key], fused_counts[key]).tolist())
+        kept_single = set(top_units(single[key], single_counts[key]).tolist())
+        shares[f"{key[0]}.{key[1]}"] = len(kept_fused & kept_single) / max(1, len(kept_fused))
+    return shares
 
 
 def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):

@@ -24,10 +24,11 @@ def _by_layer(mapping: dict[str, float], kind: str) -> tuple[list[int], list[flo
 
 
 def plot_hywia(details: dict, path: str | Path) -> Path:
-    """Per-layer blend weight of the fine score, and units kept per layer by fine-only, coarse-only and
-    the hybrid scores under the same allocation."""
+    """Per-layer blend weight of the fine score; units kept per layer by fine-only, coarse-only and the
+    hybrid scores under the same allocation; and how many of the hybrid's kept units each single
+    granularity would keep too (with uniform widths the counts agree and only this panel differs)."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
     for kind, marker in (("attn", "o"), ("mlp", "s")):
         layers, alpha = _by_layer(details["alpha_fine"], kind)
         axes[0].plot(layers, alpha, marker=marker, label=f"{kind}: α fine")
@@ -40,6 +41,12 @@ def plot_hywia(details: dict, path: str | Path) -> Path:
             axis.plot(layers, kept, linestyle=style, marker=".", label=f"{name}-only" if name != "hybrid" else name)
         axis.set(title=f"{unit} kept per layer", xlabel="layer")
         axis.legend()
+    for name, style in (("fine", "--"), ("coarse", ":")):
+        for kind, marker in (("attn", "o"), ("mlp", "s")):
+            layers, shared = _by_layer(details["shared_with_hybrid"][name], kind)
+            axes[3].plot(layers, shared, linestyle=style, marker=marker, label=f"{name}-only, {kind}")
+    axes[3].set(title="share of the hybrid's kept units also kept by", xlabel="layer", ylim=(0, 1.05))
+    axes[3].legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=110)

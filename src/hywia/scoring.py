@@ -15,7 +15,7 @@ from torch import nn
 from .adapters import ModelAdapter
 from .gradients import GradientStats, collect_gradients
 from .groups import GroupSet, get_tensor
-from .importance import METHODS, check_method, member_key, score_group_set
+from .importance import check_method, member_key, score_group_set
 
 Scores = dict[tuple[int, str], torch.Tensor]
 
@@ -90,4 +90,4 @@ def score(method: str, context: ScoringContext) -> ScoreResult:
 
 
 def needs_calibration(method: str) -> bool:
-    return METHODS[check_method(method).name].needs not in ("none",)
+    return check_method(method).needs != "none"
