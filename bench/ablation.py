@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
+
+from benchlib import command_line, machine
 
 from hywia import PruneConfig, count_parameters, load_model, prune
 from hywia.data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, calibration_samples, held_out_ids, load_text, tokenize
@@ -66,12 +65,6 @@ def parse_args(argv=None):
     parser.add_argument("--write", default=None, help="append the table to this markdown file")
     parser.add_argument("--json", default=None, help="write the raw rows to this JSON file")
     return parser.parse_args(argv)
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def main(argv=None) -> int:
@@ -140,10 +133,9 @@ def zeroshot_average(args, model, tokenizer) -> float | None:
 
 
 def render(args, dense, dense_val, rows) -> str:
-    command = "python bench/ablation.py " + " ".join(sys.argv[1:])
     lines = [
         f"### {args.title}", "",
-        f"Command: `{command}`  ",
+        f"Command: `{command_line()}`  ",
         f"Machine: {machine()}; model {args.model or 'SmolLM2-135M-Instruct (embedded GGUF)'}, {args.dtype}.  ",
         f"Calibration: LAMBADA, {args.calib_samples} x {args.calib_len} tokens, seed {args.seed}. Evaluation: "
         f"BoolQ passages, first {args.eval_tokens} tokens, {args.window}-token windows. Layers pruned: {args.layers}. "

@@ -8,6 +8,7 @@ import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +54,14 @@ def write_section(key: str, title: str, body: str, path: Path = BENCHMARKS) -> P
     text = pattern.sub(lambda _: block, text, count=1) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
     return path
+
+
+def record(kind: str, label: str, title: str, started: float, details: str, table: str, *, write: bool = True) -> None:
+    """Print ``table`` and, unless ``write`` is False, store it in BENCHMARKS.md under ``kind:label`` with
+    the command, machine, date, wall time since ``started`` and ``details``."""
+    print(table)
+    if not write:
+        return
+    body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time "
+            f"{time.time() - started:.0f} s; {details}\n\n{table}\n")
+    print(f"section {kind}:{label} written to {write_section(f'{kind}:{label}', f'{title}: {label}', body)}")

@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from benchlib import command_line, machine, now, write_section
+from benchlib import record
 
 from hywia.speed import SpeedConfig, bench_models, speed_table
 
@@ -41,19 +41,14 @@ def main() -> None:
     baseline = None if args.baseline == "default" else args.baseline
     start, load_before = time.time(), os.getloadavg()
     results = bench_models([("dense", baseline), ("pruned", args.model)], config, dtype=args.dtype, device=args.device)
-    table = speed_table(results)
-    print(table)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": config.to_dict(), "models": results}, handle, indent=1)
     label = args.label or f"{args.model.rstrip('/').split('/')[-1]}-{args.device}"
-    body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time {time.time() - start:.0f} s; "
-            f"prompt {config.prompt_len} tokens, {config.new_tokens} decoded tokens, warm-up {config.warmup}, "
-            f"median of {config.repeats}. 1-min load average before / after: {load_before[0]:.2f} / "
-            f"{os.getloadavg()[0]:.2f} (other jobs on the machine disturb CPU timings).\n\n{table}\n")
-    if not args.no_write:
-        print(f"section speed:{label} written to {write_section(f'speed:{label}', f'Speed: {label}', body)}")
-
+    details = (f"prompt {config.prompt_len} tokens, {config.new_tokens} decoded tokens, warm-up {config.warmup}, "
+               f"median of {config.repeats}. 1-min load average before / after: {load_before[0]:.2f} / "
+               f"{os.getloadavg()[0]:.2f} (other jobs on the machine disturb CPU timings).")
+    record("speed", label, "Speed", start, details, speed_table(results), write=not args.no_write)
 
 if __name__ == "__main__":
     main()

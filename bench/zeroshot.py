@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchlib import command_line, machine, now, write_section
+from benchlib import record
 
 from hywia.io import load_model
 from hywia.pipeline import count_parameters
@@ -39,18 +39,14 @@ def main() -> None:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     result = evaluate_zeroshot(loaded.model, loaded.tokenizer, resolve_tasks(args.tasks), limit=args.limit,
                                batch_size=batch_size, mode=args.mode).to_dict()
-    table = markdown_table(result)
-    print(table)
     label = args.label or f"{loaded.source.rstrip('/').split('/')[-1]}-{args.device}" + (
         f"-limit{args.limit}" if args.limit else "")
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
-    body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time {time.time() - start:.0f} s; "
-            f"model {loaded.source} ({count_parameters(loaded.model):,} parameters, {dtype}); lm-eval "
-            f"{result['lm_eval_version']}, 0-shot, {'first ' + str(args.limit) + ' documents per task' if args.limit else 'full sets'}; "
-            f"{'; '.join(result['notes'])}.\n\n{table}\n")
-    if not args.no_write:
-        print(f"section zeroshot:{label} written to {write_section(f'zeroshot:{label}', f'Zero-shot: {label}', body)}")
-
+    details = (f"model {loaded.source} ({count_parameters(loaded.model):,} parameters, {dtype}); lm-eval "
+               f"{result['lm_eval_version']}, 0-shot, "
+               f"{'first ' + str(args.limit) + ' documents per task' if args.limit else 'full sets'}; "
+               f"{'; '.join(result['notes'])}.")
+    record("zeroshot", label, "Zero-shot", start, details, markdown_table(result), write=not args.no_write)
 
 if __name__ == "__main__":
     main()

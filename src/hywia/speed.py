@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import HywiaError
+from .pipeline import count_parameters
 
 
 @dataclass
@@ -49,10 +50,6 @@ class SpeedConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def weight_bytes(model: nn.Module) -> int:
