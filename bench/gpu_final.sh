@@ -9,7 +9,7 @@ if [ "$part" = ablation ]; then
     --title "Final ablation: every method, HyWIA at its chosen default (issues 3 and 5)" \
     --json "$out/final.json" --write "$out/final.md" 2>&1 | grep -v "it/s"
 elif [ "$part" = speed ]; then
-  python -m hywia prune --ratio 0.2 --layers 4:28 --device cuda --dtype float32 --out /tmp/smol20 --quiet 2>&1 | tail -3
+  python -m hywia prune --ratio 0.2 --layers 4:28 --device cuda --dtype float32 --eval --out /tmp/smol20 --quiet 2>&1 | tail -5
   python bench/speed.py --model /tmp/smol20 --baseline default --device cuda --dtype float32 --batch-sizes 1,8,64 \
     --label smollm2-135m-dense-vs-20pct-gpu 2>&1 | grep -v "it/s"
   python bench/zeroshot.py --model /tmp/smol20 --device cuda --dtype float32 --batch-size 64 --offline \
