@@ -14,7 +14,7 @@ elif [ "$part" = speed ]; then
     --label smollm2-135m-dense-vs-20pct-gpu 2>&1 | grep -v "it/s"
   python bench/zeroshot.py --model /tmp/smol20 --device cuda --dtype float32 --batch-size 64 --offline \
     --label smol20-hywia-layers4-28-gpu-full 2>&1 | grep -v "it/s"
-  cp BENCHMARKS.md "$out/BENCHMARKS.gpu.md"; cp -r /tmp/smol20/hywia_report.json /tmp/smol20/eval "$out/" 2>/dev/null
+  cp BENCHMARKS.md "$out/BENCHMARKS.gpu.md"; cp /tmp/smol20/hywia_report.json "$out/"
 else
   python bench/zeroshot.py --device cuda --dtype float32 --batch-size 64 --offline \
     --label smollm2-135m-dense-gpu-full 2>&1 | grep -v "it/s"
