@@ -23,7 +23,7 @@ def _model(tmp_path, name, acc, pruned=False):
     (folder / "config.json").write_text("{}")
     ppl = {"perplexity": 25.5, "mean_nll": 3.2, "window": 128, "windows": 128, "tokens_scored": 16256,
            "text": "boolq-passages"}
-    results = merge_results({}, model=str(folder), parameters=1000, perplexity=ppl, zeroshot=_zeroshot(acc),
+    results = merge_results({}, model=str(folder), parameters=1000, perplexities=[ppl], zeroshot=_zeroshot(acc),
                             command="hywia eval")
     save_results(folder, results)
     if pruned:
@@ -35,7 +35,7 @@ def _model(tmp_path, name, acc, pruned=False):
 def test_results_merge_keeps_other_sections(tmp_path):
     folder = _model(tmp_path, "dense", 0.5)
     old = load_results(folder)
-    merged = merge_results(old, model="m", parameters=1, perplexity=None, zeroshot=None, command="c")
+    merged = merge_results(old, model="m", parameters=1, perplexities=[], zeroshot=None, command="c")
     assert merged["zeroshot"] == old["zeroshot"] and "boolq-passages@128" in merged["perplexity"]
     assert (folder / "eval" / "results.md").read_text().count("| boolq |") == 1
     assert (folder / "config.json").read_text() == "{}"

