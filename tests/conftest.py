@@ -70,6 +70,15 @@ def tiny_text(words: int = 4000, seed: int = 0) -> str:
     return " ".join(f"w{i - 3}" for i in ids)
 
 
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny GQA Llama and its tokenizer saved as a model folder."""
+    path = tmp_path / "dense"
+    build_tiny("llama-gqa").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture(params=TINY_KINDS)
 def tiny_kind(request):
     return request.param

@@ -2,16 +2,8 @@
 
 import pytest
 
-from conftest import build_tiny, tiny_text, tiny_tokenizer
+from conftest import tiny_text
 from hywia.cli import main
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    path = tmp_path / "dense"
-    build_tiny("llama-gqa").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hywia.data import DEFAULT_EVALUATION, PARQUET_EXPORT, default_eval_tokens, 
 from hywia.errors import HywiaError
 from hywia.results import load_results
 
-from conftest import build_tiny, tiny_text, tiny_tokenizer
+from conftest import tiny_text
 
 
 def test_paper_texts_follow_the_hub_decision():
@@ -55,30 +55,22 @@ def test_hub_text_failure_is_one_clear_line():
     assert "refs/convert/parquet" in message
 
 
-@pytest.fixture
-def model_dir(tmp_path):
-    path = tmp_path / "dense"
-    build_tiny("llama-gqa").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
-
-
-def test_eval_scores_and_stores_every_text(capsys, tmp_path, model_dir):
+def test_eval_scores_and_stores_every_text(capsys, tmp_path, tiny_model_dir):
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     first.write_text(tiny_text(600, seed=1))
     second.write_text(tiny_text(300, seed=2))
-    code = main(["eval", "--model", str(model_dir), "--text", f"{first},{second}", "--window", "16", "--quiet"])
+    code = main(["eval", "--model", str(tiny_model_dir), "--text", f"{first},{second}", "--window", "16", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
-    stored = load_results(model_dir)["perplexity"]
+    stored = load_results(tiny_model_dir)["perplexity"]
     assert set(stored) == {f"{first}@16", f"{second}@16"}
     assert stored[f"{first}@16"]["windows"] == 600 // 16  # files are scored whole by default
     assert stored[f"{second}@16"]["tokens_scored"] == (300 // 16) * 15
     assert out.count('"perplexity"') == 2
 
 
-def test_eval_offline_default_scores_the_local_text_and_says_what_it_skipped(capsys, model_dir):
-    code = main(["eval", "--model", str(model_dir), "--offline", "--eval-tokens", "64", "--window", "16", "--quiet"])
+def test_eval_offline_default_scores_the_local_text_and_says_what_it_skipped(capsys, tiny_model_dir):
+    code = main(["eval", "--model", str(tiny_model_dir), "--offline", "--eval-tokens", "64", "--window", "16", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0
     assert "wikitext2, ptb skipped (--offline)" in captured.err

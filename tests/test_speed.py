@@ -1,6 +1,5 @@
 """Analytic MAC count vs torch's FlopCounterMode, and the throughput / memory measurement."""
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import HywiaError
+from .placement import input_device
 
 
 @dataclass
@@ -43,10 +44,10 @@ def collect_gradients(
     grad_sum = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in tensors.items()}
     fisher_sum = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in tensors.items()} if with_fisher else None
     step = 1 if with_fisher else max(1, batch_size)
-    input_device = _input_device(model)
+    device = input_device(model)
     try:
         for start in tqdm(range(0, len(samples), step), desc="gradients", disable=not progress, leave=False):
-            batch = samples[start : start + step].to(input_device)
+            batch = samples[start : start + step].to(device)
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss * len(batch)
             if not torch.isfinite(loss):
                 raise HywiaError(f"the calibration loss is {loss.item()} on samples {start}..{start + len(batch) - 1}; "
@@ -69,7 +70,3 @@ def collect_gradients(
         for value in fisher_sum.values():
             value /= len(samples)
     return GradientStats(grad_sum, fisher_sum, len(samples))
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device

@@ -22,6 +22,7 @@ from .hybrid import BLENDS, FINE, NORMALISATIONS, AttentionFusion, fuse, granula
 from .importance import MethodSpec, register_method, saliencies
 from .importance.taylor import elementwise_importance, vectorwise_importance
 from .scoring import ScoreResult, Scores, ScoringContext, gradient_stats, register_scorer
+from .placement import input_device
 
 LOSSES = ("lm", "kl")
 DENSE_CACHE_BYTES = 1 << 30  # the dense logits of all calibration samples are kept when they fit in this
@@ -154,7 +155,7 @@ def _shared_selection(single: Scores, fused: Scores, allocate) -> dict[str, floa
 def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
     """Fit the fusion parameters with the LLM frozen; return the final keep counts and the loss curve."""
     model, samples = context.model, context.samples
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     optimiser = torch.optim.Adam(fusion.parameters(), lr=opts.lr)
     saved_flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in saved_flags:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter
 from .errors import HywiaError
+from .placement import input_device
 
 
 class RunningStats:
@@ -114,7 +115,7 @@ def capture_layer_inputs(model: nn.Module, adapter: ModelAdapter, samples: torch
                          device: torch.device | None = None) -> LayerInputs:
     """Run the model's embedding part on ``samples`` [N, L] and record every decoder layer's inputs."""
     layers = adapter.decoder_layers()
-    input_device = model.get_input_embeddings().weight.device
+    first_device = input_device(model)
     hidden: list[torch.Tensor] = []
     kwargs: list[list[dict]] = [[] for _ in layers]
     cache: dict[int, torch.Tensor] = {}  # one device copy of each distinct tensor (masks are shared)
@@ -147,7 +148,7 @@ def capture_layer_inputs(model: nn.Module, adapter: ModelAdapter, samples: torch
         layer.forward = pass_through(index)
     try:
         for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size].to(input_device)
+            batch = samples[start : start + batch_size].to(first_device)
             try:
                 model(input_ids=batch, use_cache=False)
             except _StopForward:
@@ -199,7 +200,7 @@ def run_layerwise(
         raise HywiaError(f"--batch-size must be a positive integer, got {batch_size}")
     wanted = sorted(set(range(adapter.num_layers) if layers is None else layers))
     decoder_layers = adapter.decoder_layers()
-    target = torch.device(device) if device is not None else model.get_input_embeddings().weight.device
+    target = torch.device(device) if device is not None else input_device(model)
     inputs = capture_layer_inputs(model, adapter, samples, batch_size, device=target)
     hidden = inputs.hidden
     result = LayerwiseResult()

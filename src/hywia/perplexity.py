@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import HywiaError
+from .placement import input_device
 
 
 @dataclass
@@ -47,7 +48,7 @@ def perplexity(
 ) -> PerplexityResult:
     """exp(mean token NLL), every window scored on its own (window - 1 predicted tokens each)."""
     windows = split_windows(ids, window)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(windows), batch_size), desc=f"perplexity ({window}-token windows)",
                       disable=not progress, leave=False):

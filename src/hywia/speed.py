@@ -31,6 +31,7 @@ from torch import nn
 
 from .errors import HywiaError
 from .pipeline import count_parameters
+from .placement import input_device
 
 
 @dataclass
@@ -144,7 +145,7 @@ def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -
 def measure(model: nn.Module, config: SpeedConfig) -> dict:
     """Throughput and peak memory of ``model`` (already on its device, in eval mode)."""
     config.validate()
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     vocab = model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(config.seed)
     runs = {}
