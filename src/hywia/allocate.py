@@ -63,9 +63,15 @@ def parse_layer_range(spec: str | None, num_layers: int) -> list[int]:
     return layers
 
 
-def budgets_for(group_sets: list[GroupSet], params_per_unit: dict[tuple[int, str], int], round_to: int) -> list[UnitBudget]:
+def budgets_for(group_sets: list[GroupSet], params_per_unit: dict[tuple[int, str], int], round_to: int,
+                min_width: float = 0.0) -> list[UnitBudget]:
+    """One budget per group set. Every layer keeps at least one KV group and one MLP step, and at least
+    ``min_width`` of its units (rounded up; MLP to the step) -- a floor for the score-driven allocations,
+    which otherwise may strip a layer almost bare."""
     if round_to < 1:
         raise HywiaError(f"--round-to must be a positive integer, got {round_to}")
+    if not (isinstance(min_width, (int, float)) and 0 <= min_width < 1):
+        raise HywiaError(f"--min-width must be a fraction of each layer's units in [0, 1), got {min_width}")
     budgets = []
     for gs in group_sets:
         step = round_to if gs.kind == MLP else 1
@@ -73,7 +79,9 @@ def budgets_for(group_sets: list[GroupSet], params_per_unit: dict[tuple[int, str
             raise HywiaError(
                 f"--round-to {round_to} cannot fit layer {gs.layer}: its MLP has only {gs.num_units} channels"
             )
-        budgets.append(UnitBudget(gs.key, gs.num_units, params_per_unit[gs.key], step, step))
+        floor = math.ceil(min_width * gs.num_units / step - 1e-9) * step
+        min_keep = min(max(step, floor), (gs.num_units // step) * step)
+        budgets.append(UnitBudget(gs.key, gs.num_units, params_per_unit[gs.key], min_keep, step))
     return budgets
 
 
@@ -89,8 +97,9 @@ def check_feasible(budgets: list[UnitBudget], ratio: float, total: int) -> None:
     if target > most:
         raise HywiaError(
             f"cannot remove {target / total:.1%} of the parameters: the selected layers at their minimum "
-            f"widths (1 KV group, {max(b.min_keep for b in budgets if b.key[1] == MLP)} MLP channels) "
-            f"remove at most {most / total:.1%}; lower --ratio or prune more layers"
+            f"widths ({max((b.min_keep for b in budgets if b.key[1] == ATTN), default=0)} KV groups, "
+            f"{max((b.min_keep for b in budgets if b.key[1] == MLP), default=0)} MLP channels) remove at most "
+            f"{most / total:.1%}; lower --ratio or --min-width, or prune more layers"
         )
 
 
@@ -115,11 +124,11 @@ def allocate_uniform(budgets: list[UnitBudget], ratio: float, total_params: int)
     layers_attn, layers_mlp = len(attn), len(mlp)
 
     candidates = []
-    for keep_attn in range(1, n_attn + 1) if attn else [0]:
+    for keep_attn in range(attn[0].min_keep, n_attn + 1) if attn else [0]:
         attn_removed = (n_attn - keep_attn) * c_attn * layers_attn
         per_layer = (target - attn_removed) / (c_mlp * layers_mlp)
         keep_mlp = round((n_mlp - per_layer) / step) * step
-        keep_mlp = min(max(keep_mlp, step), n_mlp - (n_mlp % step) if n_mlp % step else n_mlp)
+        keep_mlp = min(max(keep_mlp, mlp[0].min_keep), n_mlp - (n_mlp % step) if n_mlp % step else n_mlp)
         removed = attn_removed + (n_mlp - keep_mlp) * c_mlp * layers_mlp
         frac_attn = (n_attn - keep_attn) / n_attn if attn else 0.0
         frac_mlp = (n_mlp - keep_mlp) / n_mlp

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
+    prune.add_argument("--min-width", type=float, default=0.0,
+                       help="every pruned layer keeps at least this fraction of its KV groups and MLP channels "
+                            "(a floor for global / global-score, which may otherwise strip a layer almost bare; "
+                            "default 0: one KV group and one --round-to step)")
     prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")
     prune.add_argument("--calib-samples", type=int, default=10)
     prune.add_argument("--calib-len", type=int, default=128)
@@ -150,7 +154,7 @@ def run_prune(args) -> int:
 
     config = PruneConfig(
         ratio=args.ratio, method=args.method, allocation=args.allocation, layers=args.layers,
-        round_to=args.round_to, calibration=args.calib, num_samples=args.calib_samples,
+        round_to=args.round_to, min_width=args.min_width, calibration=args.calib, num_samples=args.calib_samples,
         seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
         method_options=_hywia_options(args) if args.method == "hywia" else {},
     )

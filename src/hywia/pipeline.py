@@ -41,6 +41,7 @@ class PruneConfig:
     allocation: str | None = None  # "uniform": same widths in every layer; "global": per-layer; None: method's default
     layers: str | None = None  # "A:B" prunes layers A..B-1 only (default: all)
     round_to: int = 1  # MLP widths stay multiples of this
+    min_width: float = 0.0  # every pruned layer keeps at least this fraction of its heads and channels
     calibration: str | None = None  # file, "lambada" (default), or a hub text name
     num_samples: int = 10
     seq_len: int = 128
@@ -86,7 +87,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     params_before = count_parameters(model)
     params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
-    budgets = budgets_for(group_sets, params_per_unit, config.round_to)
+    budgets = budgets_for(group_sets, params_per_unit, config.round_to, config.min_width)
 
     # Fail on an impossible request before any expensive work.
     check_feasible(budgets, config.ratio, params_before)
