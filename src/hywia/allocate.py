@@ -97,8 +97,8 @@ def check_feasible(budgets: list[UnitBudget], ratio: float, total: int) -> None:
     if target > most:
         raise HywiaError(
             f"cannot remove {target / total:.1%} of the parameters: the selected layers at their minimum "
-            f"widths ({max((b.min_keep for b in budgets if b.key[1] == ATTN), default=0)} KV groups, "
-            f"{max((b.min_keep for b in budgets if b.key[1] == MLP), default=0)} MLP channels) remove at most "
+            f"widths (KV groups: {max((b.min_keep for b in budgets if b.key[1] == ATTN), default=0)}, "
+            f"MLP channels: {max((b.min_keep for b in budgets if b.key[1] == MLP), default=0)}) remove at most "
             f"{most / total:.1%}; lower --ratio or --min-width, or prune more layers"
         )
 
