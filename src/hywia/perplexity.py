@@ -54,7 +54,8 @@ def perplexity(
                       disable=not progress, leave=False):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+        targets = batch[:, 1:].to(logits.device)  # over several GPUs the logits come out on the last one
+        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         total_nll += nll.item()
         total_tokens += batch[:, 1:].numel()
     mean_nll = total_nll / total_tokens
