@@ -36,7 +36,8 @@ VARIANTS = {
     "hywia + global": ("hywia", "global", {}),
     "element1 + global": ("element1", "global", {}),
     "wanda-sp": ("wanda-sp", "uniform", {}),
-    "flap": ("flap", "global", {}),
+    "flap": ("flap", "global-score", {}),  # FLAP's own rule, the CLI default
+    "flap + global": ("flap", "global", {}),  # FLAP scores, widths by score per parameter
     "flap (uniform)": ("flap", "uniform", {}),
 }
 
