@@ -57,3 +57,19 @@ def test_report_table_and_png(tmp_path):
 def test_report_rejects_folders_without_results(tmp_path):
     with pytest.raises(HywiaError):
         collect([str(tmp_path)])
+
+
+def test_chart_of_perplexity_only_models_and_nothing_to_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "ppl-only"
+    folder.mkdir()
+    ppl = {"perplexity": 166.4, "mean_nll": 5.1, "window": 128, "windows": 128, "tokens_scored": 16256,
+           "text": "boolq-passages"}
+    save_results(folder, merge_results({}, model="m", parameters=10, perplexities=[ppl], zeroshot=None, command="c"))
+    png = plot_comparison(collect([str(folder)]), tmp_path / "ppl.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "hywia_report.json").write_text(json.dumps({"recipe": {"method": "l2"}, "parameters": {"after": 5}}))
+    with pytest.raises(HywiaError, match="nothing to plot"):
+        plot_comparison(collect([str(bare)]), tmp_path / "none.png")

@@ -1,4 +1,4 @@
-"""Several evaluated models side by side: a markdown table and a bar chart of the zero-shot scores.
+"""Several evaluated models side by side: a markdown table and a bar chart (zero-shot scores, perplexity).
 
 Reads ``DIR/eval/results.json`` (written by ``hywia eval``) and, when present, ``DIR/hywia_report.json``
 (written by ``hywia prune``: method, ratio). Scores are the paper metric of each task (acc for BoolQ,
@@ -86,28 +86,42 @@ def markdown_comparison(rows: list[ModelRow]) -> str:
 
 
 def plot_comparison(rows: list[ModelRow], path: str | Path) -> Path:
-    """Grouped bars: one group per task (and the average), one bar per model."""
+    """Grouped bars, one bar per model: zero-shot scores per task (and the average) and/or perplexity
+    per text (log scale), whichever the models have been evaluated on."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = _task_order(rows)
-    if not tasks:
-        raise HywiaError("no zero-shot scores to plot; run hywia eval --tasks paper first")
-    labels = [SHORT_NAMES.get(t, t) for t in tasks] + ["Avg (7)"]
-    width = 0.8 / len(rows)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) * max(1, len(rows)) ** 0.5), 4.0))
-    for i, row in enumerate(rows):
-        values = [100 * row.scores.get(t, float("nan")) for t in tasks]
-        values.append(100 * row.average if row.average is not None else float("nan"))
-        positions = [x + (i - (len(rows) - 1) / 2) * width for x in range(len(labels))]
-        axes.bar(positions, values, width, label=row.name)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_ylabel("zero-shot score (%)")
-    axes.set_ylim(0, 100)
-    axes.legend(fontsize="small")
-    axes.grid(axis="y", alpha=0.3)
+    texts = sorted({key for r in rows for key in r.perplexity})
+    panels = ([("zeroshot", [SHORT_NAMES.get(t, t) for t in tasks] + ["Avg (7)"])] if tasks else []) + (
+        [("perplexity", texts)] if texts else [])
+    if not panels:
+        raise HywiaError("nothing to plot: run hywia eval (perplexity and/or --tasks paper) on the models first")
+    widths = [max(3.0, 1.1 * len(labels) * max(1, len(rows)) ** 0.5) for _, labels in panels]
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(max(6.0, sum(widths)), 4.0),
+                                     gridspec_kw={"width_ratios": widths}, squeeze=False)
+    bar = 0.8 / len(rows)
+    for axes, (kind, labels) in zip(axes_list[0], panels):
+        for i, row in enumerate(rows):
+            if kind == "zeroshot":
+                values = [100 * row.scores.get(t, float("nan")) for t in tasks]
+                values.append(100 * row.average if row.average is not None else float("nan"))
+            else:
+                values = [row.perplexity.get(t, float("nan")) for t in texts]
+            positions = [x + (i - (len(rows) - 1) / 2) * bar for x in range(len(labels))]
+            axes.bar(positions, values, bar, label=row.name)
+        axes.set_xticks(range(len(labels)), labels)
+        if kind == "zeroshot":
+            axes.set_ylabel("zero-shot score (%)")
+            axes.set_ylim(0, 100)
+        else:
+            axes.set_ylabel("perplexity (log scale, lower is better)")
+            axes.set_yscale("log")
+            axes.tick_params(axis="x", labelrotation=15)
+        axes.grid(axis="y", alpha=0.3)
+    axes_list[0][0].legend(fontsize="small")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
