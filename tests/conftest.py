@@ -9,7 +9,17 @@ sys.path.insert(0, str(Path(__file__).parent))  # helpers in tests/ (conftest, t
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 # Tiny models: thread synchronisation costs more than the arithmetic (25x slower with 2 threads here).
 torch.set_num_threads(1)
@@ -29,10 +39,20 @@ def tiny_config(kind: str):
         return MistralConfig(num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **COMMON)
     if kind == "qwen2":
         return Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **COMMON)
+    if kind == "qwen3":  # per-head q_norm / k_norm
+        return Qwen3Config(num_attention_heads=4, num_key_value_heads=2, **COMMON)
+    if kind == "gemma":  # GeGLU, scaled embeddings, (1 + w) RMSNorm
+        return GemmaConfig(num_attention_heads=4, num_key_value_heads=2, **COMMON)
+    if kind == "gemma2":  # logit soft-capping, pre/post feed-forward norms, sliding-window layers
+        return Gemma2Config(num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                            query_pre_attn_scalar=8, **COMMON)
+    if kind == "gemma3":  # q_norm / k_norm, local/global attention pattern
+        return Gemma3TextConfig(num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                                query_pre_attn_scalar=8, **COMMON)
     raise KeyError(kind)
 
 
-TINY_KINDS = ("llama-mha", "llama-gqa", "mistral", "qwen2")
+TINY_KINDS = ("llama-mha", "llama-gqa", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
 def build_from_config(config, seed: int = 0, attn: str | None = None):

@@ -170,6 +170,8 @@ def test_wanda_sp_keeps_highest_scores_uniformly(kind):
     ("llama-gqa", GLOBAL_SCORE, False),    # per-layer widths: load_pruned
     ("qwen2", "uniform", False),           # no flag for o_proj / down_proj biases: hywia_output_biases
     ("mistral", GLOBAL_SCORE, False),
+    ("qwen3", "uniform", False),           # attention_bias flag for o_proj, hywia_output_biases for down_proj
+    ("gemma3", GLOBAL_SCORE, False),
 ])
 def test_saved_flap_model_reloads_with_same_logits(tmp_path, kind, allocation, stock):
     model = build_tiny(kind)

@@ -32,6 +32,8 @@ def test_statistics_reject_wrong_width():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_layerwise_outputs_match_whole_model(kind, attn):
+    if kind == "gemma2" and attn == "sdpa":
+        pytest.skip("transformers has no SDPA attention for Gemma 2 (logit soft-capping): eager only")
     model = build_tiny(kind, attn=attn)
     adapter = get_adapter(model)
     ids = token_ids(5, 12, seed=4)

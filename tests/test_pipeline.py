@@ -61,6 +61,20 @@ def test_uniform_save_reloads_with_from_pretrained(tmp_path, calib_ids, probe_id
     assert count_parameters(reloaded) == json.loads((out / REPORT_NAME).read_text())["parameters"]["after"]
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_every_architecture_prunes_with_hywia_and_reloads(tmp_path, calib_ids, probe_ids, tiny_kind, allocation):
+    model = build_tiny(tiny_kind)
+    config = PruneConfig(ratio=0.3, method="hywia", allocation=allocation, progress=False,
+                         method_options={"steps": 3})
+    result = prune(model, None, config, calibration_ids=calib_ids)
+    out = save_pruned(model, None, tmp_path / "out", result.report)
+    reloaded = (AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval() if result.report["stock_config"]
+                else load_pruned(out))
+    torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
+    assert count_parameters(reloaded) == result.report["parameters"]["after"] < result.report["parameters"]["before"]
+    assert result.report["stock_config"] == (allocation == "uniform")
+
+
 @pytest.mark.parametrize("kind,config", [
     ("llama-gqa", dict(allocation="global")),
     ("llama-mha", dict(layers="1:2")),

@@ -9,7 +9,7 @@ from transformers import LlamaConfig
 from conftest import COMMON, VOCAB, build_from_config, tiny_tokenizer  # noqa: F401  (re-exported)
 from conftest import tiny_config as _conftest_config
 
-KINDS = ("llama-mha", "llama-gqa", "qwen2", "mistral")
+KINDS = ("llama-mha", "llama-gqa", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3")
 
 
 def tiny_config(kind: str):

@@ -1,9 +1,10 @@
-"""The Llama family: Llama 1/2/3, Vicuna, Mistral, Qwen2, Qwen3 and any model with the same layout.
+"""The Llama family: Llama 1/2/3, Vicuna, Mistral, Qwen2/3, Gemma 1/2/3 and any model with the same layout.
 
 Layout: ``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``model.layers[i].mlp.{gate,up,down}_proj``,
 GQA with query head ``i`` reading KV head ``i // r``. Optional biases on q/k/v (Qwen2), on o_proj and
-on the MLP (``attention_bias`` / ``mlp_bias``) are sliced with their weights. Per-head norms (Qwen3's
-``q_norm``/``k_norm``) act on ``head_dim`` and need no slicing.
+on the MLP (``attention_bias`` / ``mlp_bias``) are sliced with their weights. Per-head norms (Qwen3's and
+Gemma 3's ``q_norm``/``k_norm``) act on ``head_dim`` and need no slicing; Gemma's explicit ``head_dim``,
+embedding scale, soft-capping and extra layer norms do not depend on how many heads or channels remain.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def ensure_bias(linear: nn.Linear) -> None:
 
 
 class LlamaAdapter(ModelAdapter):
-    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
