@@ -19,7 +19,15 @@ from pathlib import Path
 from benchlib import command_line, machine
 
 from hywia import PruneConfig, count_parameters, load_model, prune
-from hywia.data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, calibration_samples, held_out_ids, load_text, tokenize
+from hywia.data import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_EVALUATION,
+    calibration_samples,
+    held_out_ids,
+    load_text,
+    sequence_bos,
+    tokenize,
+)
 from hywia.importance import METHODS
 from hywia.perplexity import perplexity
 
@@ -77,12 +85,13 @@ def main(argv=None) -> int:
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     dense_model, tokenizer = loaded.model, loaded.tokenizer
     calib_text = load_text(None, DEFAULT_CALIBRATION)
-    calib = calibration_samples(tokenizer, calib_text, args.calib_samples, args.calib_len, args.seed)
+    bos_id = sequence_bos(dense_model, tokenizer)
+    calib = calibration_samples(tokenizer, calib_text, args.calib_samples, args.calib_len, args.seed, bos_id=bos_id)
     # Validation (for choosing settings): held-out LAMBADA, never sampled for calibration, never evaluation.
     val_ids = held_out_ids(tokenizer, calib_text, args.eval_tokens)
     eval_ids = tokenize(tokenizer, load_text(None, DEFAULT_EVALUATION), args.eval_tokens)
-    dense = perplexity(dense_model, eval_ids, window=args.window, progress=False)
-    dense_val = perplexity(dense_model, val_ids, window=args.window, progress=False)
+    dense = perplexity(dense_model, eval_ids, window=args.window, progress=False, bos_id=bos_id)
+    dense_val = perplexity(dense_model, val_ids, window=args.window, progress=False, bos_id=bos_id)
     dense_avg7 = zeroshot_average(args, dense_model, tokenizer) if args.zeroshot_limit else None
     print(f"dense: {count_parameters(dense_model):,} parameters, val PPL {dense_val.perplexity:.2f}, "
           f"PPL {dense.perplexity:.2f}, 7-task average {dense_avg7}", flush=True)
@@ -98,8 +107,8 @@ def main(argv=None) -> int:
                                                          layers=args.layers, seed=args.seed, progress=False,
                                                          method_options=options), calibration_ids=calib)
             seconds = time.perf_counter() - started
-            ppl = perplexity(model, eval_ids, window=args.window, progress=False).perplexity
-            val = perplexity(model, val_ids, window=args.window, progress=False).perplexity
+            ppl = perplexity(model, eval_ids, window=args.window, progress=False, bos_id=bos_id).perplexity
+            val = perplexity(model, val_ids, window=args.window, progress=False, bos_id=bos_id).perplexity
             row = {"ratio": ratio, "variant": name, "achieved": result.report["parameters"]["achieved_ratio"],
                    "params": result.report["parameters"]["after"], "ppl": ppl, "val_ppl": val, "seconds": seconds}
             if args.zeroshot_limit and (args.zeroshot_variants is None or name in args.zeroshot_variants):

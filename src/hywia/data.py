@@ -183,21 +183,41 @@ def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
 CALIBRATION_SHARE = 0.75  # calibration windows come from the first 75% of the text's tokens
 
 
-def calibration_samples(tokenizer, text: str, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+def calibration_samples(tokenizer, text: str, num_samples: int, seq_len: int, seed: int,
+                        bos_id: int | None = None) -> torch.Tensor:
     """``num_samples`` windows of ``seq_len`` tokens at seeded random offsets: a [N, L] id tensor.
 
     Windows are drawn from the first ``CALIBRATION_SHARE`` of the text, so that ``held_out_ids`` (the
     rest) can serve as a validation text for tuning that is neither calibration nor evaluation text.
+    With ``bos_id`` (models that need BOS, see ``sequence_bos``) each sample is BOS + ``seq_len - 1`` tokens.
     """
     if num_samples < 1 or seq_len < 2:
         raise HywiaError(f"calibration needs >= 1 sample of >= 2 tokens, got {num_samples} x {seq_len}")
     ids = tokenize(tokenizer, text)
     region = ids[: int(len(ids) * CALIBRATION_SHARE)]
-    if len(region) < seq_len:
+    span = seq_len - (bos_id is not None)
+    if len(region) < span:
         raise HywiaError(f"the calibration text has {len(ids)} tokens, too few for samples of {seq_len}")
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(region) - seq_len + 1, (num_samples,), generator=generator)
-    return torch.stack([region[s : s + seq_len] for s in starts.tolist()])
+    starts = torch.randint(0, len(region) - span + 1, (num_samples,), generator=generator)
+    samples = torch.stack([region[s : s + span] for s in starts.tolist()])
+    if bos_id is not None:
+        samples = torch.cat([torch.full((num_samples, 1), bos_id, dtype=samples.dtype), samples], dim=1)
+    return samples
+
+
+def sequence_bos(model, tokenizer) -> int | None:
+    """The BOS id to start every calibration sample and perplexity window with, or None.
+
+    Only for architectures that need it (``adapter.needs_bos``, e.g. Gemma); the Llama-family
+    convention of the pruning literature (one token stream cut into windows, no BOS per window) is
+    kept everywhere else so that perplexities stay comparable with published tables.
+    """
+    from .adapters import get_adapter
+
+    if tokenizer is None or tokenizer.bos_token_id is None:
+        return None
+    return tokenizer.bos_token_id if get_adapter(model).needs_bos else None
 
 
 def held_out_ids(tokenizer, text: str, max_tokens: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ class PerplexityResult:
     windows: int
     tokens_scored: int
     text: str
+    bos_per_window: bool = False  # each window was BOS + (window - 1) text tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,9 +46,16 @@ def perplexity(
     batch_size: int = 8,
     text_name: str = "",
     progress: bool = True,
+    bos_id: int | None = None,
 ) -> PerplexityResult:
-    """exp(mean token NLL), every window scored on its own (window - 1 predicted tokens each)."""
-    windows = split_windows(ids, window)
+    """exp(mean token NLL), every window scored on its own (window - 1 predicted tokens each).
+
+    With ``bos_id`` every window is BOS followed by ``window - 1`` text tokens (models that need BOS,
+    e.g. Gemma); still ``window - 1`` predictions per window.
+    """
+    windows = split_windows(ids, window - 1 if bos_id is not None else window)
+    if bos_id is not None:
+        windows = torch.cat([torch.full((len(windows), 1), bos_id, dtype=windows.dtype), windows], dim=1)
     device = input_device(model)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(windows), batch_size), desc=f"perplexity ({window}-token windows)",
@@ -57,8 +65,9 @@ def perplexity(
         targets = batch[:, 1:].to(logits.device)  # over several GPUs the logits come out on the last one
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
+        total_tokens += targets.numel()
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
         raise HywiaError("perplexity is not finite: the model produces NaN/inf logits (try --dtype float32)")
-    return PerplexityResult(math.exp(mean_nll), mean_nll, window, len(windows), total_tokens, text_name)
+    return PerplexityResult(math.exp(mean_nll), mean_nll, window, len(windows), total_tokens, text_name,
+                            bos_id is not None)

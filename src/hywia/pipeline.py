@@ -24,7 +24,7 @@ from .allocate import (
     parse_layer_range,
     top_units,
 )
-from .data import DEFAULT_CALIBRATION, calibration_samples, load_text
+from .data import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
 from .errors import HywiaError
 from .importance import check_method
 from .report import build_report
@@ -99,7 +99,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
             samples = calibration_ids
         else:
             text = load_text(config.calibration, DEFAULT_CALIBRATION)
-            samples = calibration_samples(tokenizer, text, config.num_samples, config.seq_len, config.seed)
+            samples = calibration_samples(tokenizer, text, config.num_samples, config.seq_len, config.seed,
+                                          bos_id=sequence_bos(model, tokenizer))
 
     def keep_counts_for(scores):
         if allocation is not None:

@@ -41,6 +41,12 @@ class ModelAdapter(ABC):
         self.model = model
         self.config = model.config
 
+    @property
+    def needs_bos(self) -> bool:
+        """Does every sequence have to start with the BOS token? (Gemma: without it perplexity is
+        several times worse.) When true, calibration samples and perplexity windows begin with BOS."""
+        return False
+
     @classmethod
     @abstractmethod
     def matches(cls, model: nn.Module) -> bool:

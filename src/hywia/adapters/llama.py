@@ -53,6 +53,10 @@ class LlamaAdapter(ModelAdapter):
             and all(isinstance(getattr(mlp, n, None), nn.Linear) for n in MLP_PROJ)
         )
 
+    @property
+    def needs_bos(self) -> bool:
+        return str(getattr(self.config, "model_type", "")).startswith("gemma")
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
         cfg = self.config

@@ -49,18 +49,20 @@ def eval_texts(args, default: str) -> list[str]:
 
 
 def perplexities(model, tokenizer, args, names: list[str]) -> list[dict]:
-    from ..data import default_eval_tokens, load_text, tokenize
+    from ..data import default_eval_tokens, load_text, sequence_bos, tokenize
     from ..perplexity import perplexity
 
+    bos_id = sequence_bos(model, tokenizer) if names else None
     results = []
     for name in names:
         max_tokens = default_eval_tokens(name) if args.eval_tokens is None else args.eval_tokens or None
         ids = tokenize(tokenizer, load_text(name, name), max_tokens)
         results.append(perplexity(model, ids, window=args.window, batch_size=args.eval_batch_size,
-                                  text_name=name, progress=not args.quiet).to_dict())
+                                  text_name=name, progress=not args.quiet, bos_id=bos_id).to_dict())
     return results
 
 
 def describe_ppl(label: str, result: dict) -> str:
+    bos = ", each BOS + text" if result.get("bos_per_window") else ""
     return (f"{label} perplexity: {result['perplexity']:.3f} ({result['text']}, {result['windows']} windows of "
-            f"{result['window']} tokens, {result['tokens_scored']} tokens scored)")
+            f"{result['window']} tokens{bos}, {result['tokens_scored']} tokens scored)")
