@@ -54,6 +54,19 @@ def test_input_model_is_never_overwritten(capsys, tiny_model_dir):
     assert code == 2 and "overlaps the input model" in err
 
 
+def test_output_next_to_a_single_file_model_is_allowed_but_not_over_it(tmp_path):
+    from hywia.errors import HywiaError
+    from hywia.io import check_output_path
+
+    model_file = tmp_path / "models" / "m.gguf"
+    model_file.parent.mkdir()
+    model_file.write_bytes(b"GGUF")
+    assert check_output_path(tmp_path / "models" / "pruned", overwrite=False, protected=[model_file])
+    for bad in (model_file, model_file.parent, tmp_path):
+        with pytest.raises(HywiaError, match="overlaps the input model"):
+            check_output_path(bad, overwrite=True, protected=[model_file])
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--ratio", "1.2"], "--ratio must be"),
     (["--ratio", "0"], "--ratio must be"),

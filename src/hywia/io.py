@@ -163,8 +163,11 @@ def check_output_path(out: str | Path, *, overwrite: bool, protected: list[Path]
     out = Path(out).expanduser().resolve()
     for source in protected:
         source = source.resolve()
-        source_dir = source.parent if source.is_file() else source
-        if out == source_dir or out in source_dir.parents or source_dir in out.parents:
+        if source.is_file():  # a .gguf: the output may sit next to it, never on it or on a folder holding it
+            overlaps = out == source or out in source.parents
+        else:
+            overlaps = out == source or out in source.parents or source in out.parents
+        if overlaps:
             raise HywiaError(f"refusing to write {out}: it overlaps the input model at {source}")
     if out.exists() and not overwrite:
         raise HywiaError(f"output {out} already exists; pass --overwrite to replace it")
