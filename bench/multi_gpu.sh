@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # --device auto end to end on a machine with 2+ GPUs (after `source bench/device_env.sh`; see DEVICE.md).
 # Prints where each model sits and the same numbers as the single-GPU runs in BENCHMARKS.md, to compare.
+# Not run yet: no machine with 2+ GPUs was lent (2026-11-29); bench/split_devices.py covered the paths.
 # Usage: bash bench/multi_gpu.sh OUTDIR
 out=$1
 nvidia-smi --query-gpu=index,name --format=csv,noheader

@@ -147,7 +147,7 @@ def resolve_eval_texts(spec: str | None, offline: bool, why: str) -> tuple[list[
                 names.append(name)
     if not names:
         raise HywiaError("no perplexity text left; name one with --text (a file, boolq-passages, wikitext2, ptb)")
-    note = f"perplexity on {', '.join(skipped)} skipped ({why}); local text only" if skipped else None
+    note = f"perplexity on {', '.join(skipped)} skipped ({why})" if skipped else None
     return names, note
 
 
