@@ -201,9 +201,14 @@ def calibration_samples(tokenizer, text: str, num_samples: int, seq_len: int, se
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(region) - span + 1, (num_samples,), generator=generator)
     samples = torch.stack([region[s : s + span] for s in starts.tolist()])
-    if bos_id is not None:
-        samples = torch.cat([torch.full((num_samples, 1), bos_id, dtype=samples.dtype), samples], dim=1)
-    return samples
+    return prepend_bos(samples, bos_id)
+
+
+def prepend_bos(rows: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+    """[N, L] ids -> [N, L + 1] with ``bos_id`` first in every row (unchanged when ``bos_id`` is None)."""
+    if bos_id is None:
+        return rows
+    return torch.cat([torch.full((len(rows), 1), bos_id, dtype=rows.dtype), rows], dim=1)
 
 
 def sequence_bos(model, tokenizer) -> int | None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.request
 
 HUB_PROBE = "/api/datasets/allenai/ai2_arc"
-DATA_MODES = ("auto", "offline", "online")
 
 
 def _truthy(value: str | None) -> bool:
@@ -14,8 +14,13 @@ def _truthy(value: str | None) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick HTTP request to the dataset hub (honours HF_ENDPOINT)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    """One quick HTTP request to the dataset hub (honours HF_ENDPOINT), made once per endpoint and process:
+    ``hywia eval`` asks for its perplexity texts and again for its tasks."""
+    return _probe(os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"), timeout)
+
+
+@functools.cache
+def _probe(endpoint: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(endpoint + HUB_PROBE, timeout=timeout) as response:
             return response.status == 200

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import prepend_bos
 from .errors import HywiaError
 from .placement import input_device
 
@@ -53,9 +54,7 @@ def perplexity(
     With ``bos_id`` every window is BOS followed by ``window - 1`` text tokens (models that need BOS,
     e.g. Gemma); still ``window - 1`` predictions per window.
     """
-    windows = split_windows(ids, window - 1 if bos_id is not None else window)
-    if bos_id is not None:
-        windows = torch.cat([torch.full((len(windows), 1), bos_id, dtype=windows.dtype), windows], dim=1)
+    windows = prepend_bos(split_windows(ids, window - 1 if bos_id is not None else window), bos_id)
     device = input_device(model)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(windows), batch_size), desc=f"perplexity ({window}-token windows)",
