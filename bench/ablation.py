@@ -19,7 +19,7 @@ from pathlib import Path
 from benchlib import command_line, machine
 
 from hywia import PruneConfig, count_parameters, load_model, prune
-from hywia.data import (
+from hywia.calibration.texts import (
     DEFAULT_CALIBRATION,
     DEFAULT_EVALUATION,
     calibration_samples,
@@ -29,7 +29,7 @@ from hywia.data import (
     tokenize,
 )
 from hywia.importance import METHODS
-from hywia.perplexity import perplexity
+from hywia.evaluate.perplexity import perplexity
 
 # name: (method, allocation, method options)
 VARIANTS = {
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
 def zeroshot_average(args, model, tokenizer) -> float | None:
     """The paper's 7-task average (acc for BoolQ/PIQA/WinoGrande, acc_norm for the others), in %."""
-    from hywia.zeroshot import PAPER_TASKS, evaluate_zeroshot
+    from hywia.evaluate.zeroshot import PAPER_TASKS, evaluate_zeroshot
 
     result = evaluate_zeroshot(model, tokenizer, list(PAPER_TASKS), limit=args.zeroshot_limit, batch_size=32,
                                mode="offline", log=lambda *_: None)

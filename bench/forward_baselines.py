@@ -19,8 +19,8 @@ import time
 import torch
 
 from hywia import PruneConfig, load_model, prune
-from hywia.data import DEFAULT_EVALUATION, calibration_samples, load_text, tokenize
-from hywia.perplexity import perplexity
+from hywia.calibration.texts import DEFAULT_EVALUATION, calibration_samples, load_text, tokenize
+from hywia.evaluate.perplexity import perplexity
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ python -m hywia eval --model /tmp/auto20 --device auto --dtype float32 --text bo
 python - <<'PY'
 import torch
 import hywia
-from hywia.data import DEFAULT_EVALUATION, load_text, tokenize
+from hywia.calibration.texts import DEFAULT_EVALUATION, load_text, tokenize
 from hywia.placement import describe_placement, input_device
 
 spread = hywia.load_model("/tmp/auto20", dtype="float32", device="auto").model

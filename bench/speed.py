@@ -16,7 +16,7 @@ import time
 
 from benchlib import record
 
-from hywia.speed import SpeedConfig, bench_models, speed_table
+from hywia.evaluate.speed import SpeedConfig, bench_models, speed_table
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import time
 import torch
 
 import hywia
-from hywia.data import DEFAULT_EVALUATION, load_text, tokenize
-from hywia.perplexity import perplexity
-from hywia.placement import describe_placement, input_device
+from hywia.calibration.texts import DEFAULT_EVALUATION, load_text, tokenize
+from hywia.evaluate.perplexity import perplexity
+from hywia.models.placement import describe_placement, input_device
 
 
 def split_map(model, first_on_cpu: int) -> dict:

@@ -13,9 +13,9 @@ import time
 
 from benchlib import record
 
-from hywia.io import load_model
-from hywia.pipeline import count_parameters
-from hywia.zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
+from hywia.models.io import load_model
+from hywia.models import count_parameters
+from hywia.evaluate.zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from conftest import build_tiny
 from hywia import HywiaError, PruneConfig, count_parameters, load_model, load_pruned, prune, save_pruned
-from hywia.adapters import get_adapter
-from hywia.io import REPORT_NAME
+from hywia.models.adapters import get_adapter
+from hywia.models.io import REPORT_NAME
 
 GRADIENT_METHODS = ["element1", "element2", "vector"]
 
@@ -92,7 +92,7 @@ def test_non_uniform_save_reloads_with_load_pruned(tmp_path, calib_ids, probe_id
 
 def test_head_count_that_stock_config_rejects_falls_back_to_load_pruned(tmp_path, probe_ids):
     """hidden 32 with 3 heads fails transformers' config validation: widths go per layer instead."""
-    from hywia.surgery import apply_keep
+    from hywia.models.surgery import apply_keep
 
     model = build_tiny("llama-mha")
     adapter = get_adapter(model)

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hywia import PruneConfig, count_parameters, load_model, prune, save_pruned
-from hywia.data import DEFAULT_EVALUATION, load_text, tokenize
-from hywia.perplexity import perplexity
+from hywia.calibration.texts import DEFAULT_EVALUATION, load_text, tokenize
+from hywia.evaluate.perplexity import perplexity
 
 pytestmark = pytest.mark.slow
 

@@ -24,3 +24,17 @@ def build_tiny(kind: str, seed: int = 0, attn: str = "eager"):
 
 def token_ids(rows: int, length: int, seed: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def zero_removed(model, adapter, keep):
+    """Dense reference: zero the o_proj / down_proj input columns of every removed unit."""
+    with torch.no_grad():
+        for (layer, kind), kept in keep.items():
+            group_set = next(gs for gs in adapter.group_sets(layer) if gs.kind == kind)
+            removed = torch.tensor(sorted(set(range(group_set.num_units)) - set(kept.tolist())), dtype=torch.long)
+            if len(removed) == 0:
+                continue
+            out = model.get_submodule(adapter.unit_output_module(layer, kind))
+            unit_cols = out.in_features // group_set.num_units
+            cols = (removed[:, None] * unit_cols + torch.arange(unit_cols)).reshape(-1)
+            out.weight[:, cols] = 0

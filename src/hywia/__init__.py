@@ -1,10 +1,9 @@
 """hywia: structured pruning of LLMs with Hybrid-grained Weight Importance Assessment."""
 
-from . import hywia_method  # noqa: F401  (registers --method hywia)
 from .errors import HywiaError
-from .io import load_model, load_pruned, save_pruned
-from .pipeline import PruneConfig, PruneResult, count_parameters, prune
-from . import forward_methods as _forward_methods  # noqa: F401  registers wanda-sp and flap
+from .models import count_parameters
+from .models.io import load_model, load_pruned, save_pruned
+from .pipeline import PruneConfig, PruneResult, prune
 
 __all__ = [
     "HywiaError",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import HywiaError
-from .groups import ATTN, MLP, GroupSet
+from .models.groups import ATTN, MLP, GroupSet
 
 UNIFORM = "uniform"
 GLOBAL = "global"
@@ -187,9 +187,3 @@ def allocate_scored(
     if mode not in (GLOBAL, GLOBAL_SCORE):
         raise HywiaError(f"allocation {mode!r} does not use scores; expected {GLOBAL} or {GLOBAL_SCORE}")
     return allocate_global(budgets, scores, ratio, total_params, per_parameter=mode == GLOBAL)
-
-
-def top_units(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` highest scores, sorted ascending (ties broken by lower index)."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    return torch.sort(order[:count]).values

@@ -1,6 +1,7 @@
-"""The pruning pipeline: adapter -> groups -> calibration -> importance -> allocation -> surgery.
+"""The pruning pipeline: the stages in order, each a package or module of its own.
 
-Data flows one way; each step is a module of its own. ``prune`` changes the model in place and
+models (adapter, groups) -> calibration (samples) -> importance (scores) -> allocate (keep counts)
+-> models.surgery (physical removal) -> report. Data and imports flow one way. ``prune`` changes the model in place and
 returns a report describing exactly what was removed and why.
 """
 
@@ -12,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
 from .allocate import (
     ALLOCATIONS,
     UNIFORM,
@@ -22,14 +22,15 @@ from .allocate import (
     check_feasible,
     check_ratio,
     parse_layer_range,
-    top_units,
 )
-from .data import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
+from .calibration.texts import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
 from .errors import HywiaError
-from .importance import check_method
+from .importance import ScoringContext, check_method, needs_calibration, score
+from .importance.registry import top_units
+from .models import count_parameters
+from .models.adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
+from .models.surgery import apply_keep
 from .report import build_report
-from .scoring import ScoringContext, needs_calibration, score
-from .surgery import apply_keep
 
 
 @dataclass
@@ -66,11 +67,6 @@ class PruneConfig:
 class PruneResult:
     model: nn.Module
     report: dict
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: torch.Tensor | None = None) -> PruneResult:

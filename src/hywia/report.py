@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from .adapters import LayerWidths
-from .groups import ATTN, MLP
+from .models.adapters import LayerWidths
+from .models.groups import ATTN, MLP
 
 PACKAGES = ("hywia", "torch", "transformers", "safetensors", "accelerate", "peft", "gguf", "lm_eval")
 

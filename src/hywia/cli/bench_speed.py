@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..speed import SpeedConfig, bench_models, speed_table
+    from ..evaluate.speed import SpeedConfig, bench_models, speed_table
 
     config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                          batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()],

@@ -27,8 +27,8 @@ def add_eval_args(parser: argparse.ArgumentParser, text_flag: str, default_text:
 
 
 def describe_model(loaded) -> str:
-    from ..pipeline import count_parameters
-    from ..placement import describe_placement
+    from ..models import count_parameters
+    from ..models.placement import describe_placement
 
     return (f"model: {loaded.source} ({count_parameters(loaded.model):,} parameters, "
             f"{describe_placement(loaded.model)})")
@@ -36,8 +36,8 @@ def describe_model(loaded) -> str:
 
 def eval_texts(args, default: str) -> list[str]:
     """The perplexity texts asked for; ``paper`` asks whether the hub is usable (``--offline``/``--online``)."""
-    from ..data import resolve_eval_texts
-    from ..hub import decide_offline
+    from ..calibration.texts import resolve_eval_texts
+    from ..calibration.hub import decide_offline
 
     spec = args.eval_text or default
     asks_hub = "paper" in (part.strip() for part in spec.split(","))
@@ -49,8 +49,8 @@ def eval_texts(args, default: str) -> list[str]:
 
 
 def perplexities(model, tokenizer, args, names: list[str]) -> list[dict]:
-    from ..data import default_eval_tokens, load_text, sequence_bos, tokenize
-    from ..perplexity import perplexity
+    from ..calibration.texts import default_eval_tokens, load_text, sequence_bos, tokenize
+    from ..evaluate.perplexity import perplexity
 
     bos_id = sequence_bos(model, tokenizer) if names else None
     results = []

@@ -33,7 +33,7 @@ def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..io import load_model
+    from ..models.io import load_model
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     texts = [] if args.tasks and args.no_ppl else eval_texts(args, "paper")
@@ -48,7 +48,7 @@ def run(args) -> int:
 
 
 def _zeroshot(loaded, args) -> dict:
-    from ..zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
+    from ..evaluate.zeroshot import evaluate_zeroshot, markdown_table, resolve_tasks
 
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     result = evaluate_zeroshot(loaded.model, loaded.tokenizer, resolve_tasks(args.tasks), limit=args.limit,
@@ -61,8 +61,8 @@ def _zeroshot(loaded, args) -> dict:
 
 
 def _save_results(loaded, perplexity_results: list[dict], zeroshot: dict | None) -> None:
-    from ..pipeline import count_parameters
-    from ..results import load_results, merge_results, save_results
+    from ..models import count_parameters
+    from ..evaluate.results import load_results, merge_results, save_results
 
     if loaded.local_path is None or not loaded.local_path.is_dir():
         print("results not saved (the model is not a local folder)")

@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
 
 
 def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
-    from ..hywia_method import HybridOptions
+    from ..importance.hywia.method import HybridOptions
 
     group = parser.add_argument_group("HyWIA fusion (--method hywia)")
     defaults = HybridOptions()
@@ -77,7 +77,7 @@ def _plot_writer(report: dict):
         return None
 
     def write(folder: Path) -> None:
-        from ..plots import plot_hywia
+        from ..evaluate.plots import plot_hywia
 
         try:
             plot_hywia(details, folder / "hywia_blend.png")
@@ -88,7 +88,7 @@ def _plot_writer(report: dict):
 
 
 def run(args) -> int:
-    from ..io import check_output_path, load_model, save_pruned
+    from ..models.io import check_output_path, load_model, save_pruned
     from ..pipeline import PruneConfig, prune
     from ..report import layer_table, markdown, summary
 

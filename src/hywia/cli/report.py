@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..compare import collect, markdown_comparison, plot_comparison
+    from ..evaluate.compare import collect, markdown_comparison, plot_comparison
 
     rows = collect(args.models)
     table = markdown_comparison(rows)

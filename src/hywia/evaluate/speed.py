@@ -1,0 +1,233 @@
+"""Efficiency of a (pruned) model: parameters, MACs, peak memory, prefill and decode throughput.
+
+* MACs are counted **analytically**: every ``nn.Linear`` costs ``in x out`` per token (lm_head included,
+  embeddings are lookups and cost 0), and attention costs ``2 x heads x head_dim x L x L`` per layer for a
+  prefill of L tokens (QK^T and AV over the full L x L score matrix, as dense kernels compute it), with
+  the per-layer head counts read through the adapter. One decode step at context length T costs the
+  Linear MACs of one token plus ``2 x heads x head_dim x T`` per layer. Norms, RoPE, softmax and
+  activations are left out (< 1 % here). The Linear part equals what
+  ``torch.utils.flop_counter.FlopCounterMode`` counts (checked in the tests); that counter is not used
+  for the total because on CPU it does not see the attention inside ``scaled_dot_product_attention``.
+* Peak memory, in one extra untimed run per batch size: on CUDA ``torch.cuda.max_memory_allocated``
+  (weights included); on CPU the peak resident-set size (RSS, psutil, sampled every 2 ms by a thread)
+  above the RSS before the run, i.e. activations + KV cache only; the weights' size is reported
+  separately (parameter + buffer bytes). The sampling thread is kept out of the timed runs.
+* Throughput: greedy, random prompt ids (seeded), after ``warmup`` untimed runs, median of ``repeats``.
+  Prefill = one forward over ``batch x prompt_len`` tokens with the cache on; decode = ``new_tokens``
+  single-token steps on that cache, tokens/s = batch x new_tokens / time.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import HywiaError
+from ..models import count_parameters
+from ..models.placement import input_device
+
+
+@dataclass
+class SpeedConfig:
+    prompt_len: int = 128
+    new_tokens: int = 32
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    repeats: int = 5
+    warmup: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.prompt_len < 1 or self.new_tokens < 1 or self.repeats < 1 or self.warmup < 0:
+            raise HywiaError("--prompt-len, --new-tokens and --repeats must be >= 1, --warmup >= 0")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise HywiaError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def linear_macs_per_token(model: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def attention_macs(model: nn.Module, query_tokens: int, context_tokens: int) -> int:
+    """``2 x heads x head_dim x query_tokens x context_tokens`` summed over the layers (QK^T and AV)."""
+    from ..models.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    heads = sum(w.num_heads for w in adapter.all_widths())
+    return 2 * heads * adapter.head_dim * query_tokens * context_tokens
+
+
+def count_macs(model: nn.Module, seq_len: int) -> dict:
+    linear = linear_macs_per_token(model)
+    return {
+        "method": "analytic (Linear shapes + full LxL attention)",
+        "prefill": linear * seq_len + attention_macs(model, seq_len, seq_len),
+        "prefill_linear": linear * seq_len,
+        "decode_step": linear + attention_macs(model, 1, seq_len),
+        "seq_len": seq_len,
+    }
+
+
+class _PeakRSS:
+    """Peak resident-set size above the level at entry, sampled by a background thread."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.process, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.base
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier), as the model's forward names it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Seconds for the prefill forward and for ``new_tokens`` greedy decode steps on its cache."""
+    device = ids.device
+    cache_name = _cache_argument(model)
+    _sync(device)
+    start = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True)
+    next_ids = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    prefill = time.perf_counter() - start
+    past = getattr(out, cache_name)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(input_ids=next_ids, use_cache=True, **{cache_name: past})
+        past, next_ids = getattr(out, cache_name), out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    return prefill, time.perf_counter() - start
+
+
+def measure(model: nn.Module, config: SpeedConfig) -> dict:
+    """Throughput and peak memory of ``model`` (already on its device, in eval mode)."""
+    config.validate()
+    device = input_device(model)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(config.seed)
+    runs = {}
+    peak_memory, memory_method = 0, ""
+    for batch in config.batch_sizes:
+        ids = torch.randint(0, vocab, (batch, config.prompt_len), generator=generator).to(device)
+        for _ in range(config.warmup):
+            _prefill_then_decode(model, ids, config.new_tokens)
+        times = [_prefill_then_decode(model, ids, config.new_tokens) for _ in range(config.repeats)]
+        if device.type == "cuda":  # one more, untimed run for the memory peak
+            torch.cuda.reset_peak_memory_stats(device)
+            _prefill_then_decode(model, ids, config.new_tokens)
+            peak_memory = max(peak_memory, torch.cuda.max_memory_allocated(device))
+            memory_method = "torch.cuda.max_memory_allocated (weights + activations + KV cache)"
+        else:  # separate, untimed run: the sampling thread stays out of the timing
+            with _PeakRSS() as rss:
+                _prefill_then_decode(model, ids, config.new_tokens)
+            peak_memory = max(peak_memory, rss.delta)
+            memory_method = "CPU peak RSS above the pre-run level (activations + KV cache; weights excluded)"
+        prefill = statistics.median(t[0] for t in times)
+        decode = statistics.median(t[1] for t in times)
+        runs[str(batch)] = {
+            "prefill_s": prefill, "decode_s": decode,
+            "prefill_tokens_per_s": batch * config.prompt_len / prefill,
+            "decode_tokens_per_s": batch * config.new_tokens / decode,
+        }
+    return {"runs": runs, "peak_memory_bytes": peak_memory, "peak_memory_method": memory_method}
+
+
+def bench_models(specs: list[tuple[str, str | None]], config: SpeedConfig, *, dtype: str, device: str) -> list[dict]:
+    """Load each ``(label, model spec)`` in turn, measure it, free it; one dict per model."""
+    from ..models.io import load_model
+
+    config.validate()
+    if device == "auto":
+        raise HywiaError("bench-speed needs one device: --device cpu or cuda[:N]")
+    results = []
+    for label, spec in specs:
+        loaded = load_model(spec, dtype=dtype, device=device)
+        model = loaded.model
+        print(f"measuring {label}: {loaded.source} on {device}")
+        entry = {
+            "label": label, "model": loaded.source, "device": device,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "parameters": count_parameters(model), "weight_bytes": weight_bytes(model),
+            "macs": count_macs(model, config.prompt_len),
+            **measure(model, config),
+        }
+        results.append(entry)
+        del loaded, model
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return results
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return "" if not base else f" ({value / base:.2f}x)"
+
+
+def speed_table(results: list[dict]) -> str:
+    """Markdown table; the first entry is the baseline when there are several (ratios in brackets)."""
+    base = results[0] if len(results) > 1 else None
+    batches = list(results[0]["runs"])
+    header = ["model", "params (M)", "GMACs prefill", "weights (MB)", "peak mem (MB)"]
+    header += [f"prefill tok/s b={b}" for b in batches] + [f"decode tok/s b={b}" for b in batches]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        other = base if base is not None and r is not base else None
+        cells = [
+            f"{r['label']}: {r['model'].split('/')[-1]}",
+            f"{r['parameters'] / 1e6:.1f}" + _ratio(r["parameters"], other and other["parameters"]),
+            f"{r['macs']['prefill'] / 1e9:.2f}" + _ratio(r["macs"]["prefill"], other and other["macs"]["prefill"]),
+            f"{r['weight_bytes'] / 2**20:.0f}",
+            f"{r['peak_memory_bytes'] / 2**20:.0f}",
+        ]
+        for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+            for b in batches:
+                value = r["runs"][b][key]
+                cells.append(f"{value:,.0f}" + _ratio(value, other and other["runs"][b][key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    first = results[0]
+    lines += ["", f"MACs: {first['macs']['method']} at {first['macs']['seq_len']} tokens. "
+              f"Peak memory: {first['peak_memory_method']}. Device {first['device']}, dtype {first['dtype']}."]
+    return "\n".join(lines)

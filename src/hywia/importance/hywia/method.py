@@ -1,0 +1,213 @@
+"""``--method hywia``: fine + coarse Taylor importance from one gradient pass, blended by attention
+(``hybrid.AttentionFusion``) whose few parameters are learned end to end with the LLM frozen.
+
+End to end: soft masks from the fused scores at the target widths gate head outputs and MLP channels
+(``gates``); the fusion parameters minimise the language-model loss (or the KL divergence to the
+dense model) on the calibration samples; hard top-k of the final fused scores then selects the units.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from tqdm.auto import tqdm
+
+from ...errors import HywiaError
+from ...models.groups import MLP
+from ...models.placement import input_device
+from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, top_units
+from ..taylor import elementwise_importance, vectorwise_importance
+from ..weight_methods import gradient_stats, saliencies
+from .gates import gated
+from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, fuse, granularity_descriptors, normalise, soft_mask
+
+LOSSES = ("lm", "kl")
+DENSE_CACHE_BYTES = 1 << 30  # the dense logits of all calibration samples are kept when they fit in this
+
+
+@dataclass
+class HybridOptions:
+    """Settings of HyWIA's fusion (``--hywia-*`` on the command line)."""
+
+    fine: str = "element1"  # fine-grained saliency: element1 (w*g) or element2 (w*g - 1/2 w*F*w)
+    normalisation: str = "mean"  # within (layer, kind): mean, rank or zscore (uniform allocation)
+    blend: str = "layer"  # one blend per (layer, kind), or one per group
+    # steps / loss: chosen on held-out LAMBADA validation over calibration seeds (BENCHMARKS.md, "HyWIA
+    # sweep"), never on the evaluation text. batch_size 8 validated slightly better (about 1-2%) at 4x the
+    # cost; 2 keeps the default run within minutes on a laptop CPU.
+    steps: int = 100  # optimisation steps of the fusion parameters
+    lr: float = 0.05
+    temperature: float = 0.1  # soft-mask temperature, in units of the fused scores' std
+    loss: str = "kl"  # lm: language-model loss; kl: KL divergence to the dense model's logits
+    batch_size: int = 2  # calibration samples per step
+    key_dim: int = 8
+    fixed_alpha: float | None = None  # fixed weight of the fine score (no learning): 0.5 = plain average
+    realloc_every: int = 10  # global allocation: recompute per-layer widths every N steps
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "HybridOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise HywiaError(f"unknown HyWIA option(s) {sorted(unknown)}; known: {sorted(known)}")
+        opts = cls(**options)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        checks = [
+            (self.fine in ("element1", "element2"), f"--hywia-fine must be element1 or element2, got {self.fine!r}"),
+            (self.normalisation in NORMALISATIONS, f"--hywia-normalisation must be one of {NORMALISATIONS}"),
+            (self.blend in BLENDS, f"--hywia-blend must be one of {BLENDS}, got {self.blend!r}"),
+            (self.loss in LOSSES, f"--hywia-loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.steps >= 0 and self.batch_size >= 1, "--hywia-steps must be >= 0 and the batch size >= 1"),
+            (self.temperature > 0, f"--hywia-temperature must be > 0, got {self.temperature}"),
+            (self.fixed_alpha is None or 0 <= self.fixed_alpha <= 1, "--hywia-fixed-alpha must be in [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HywiaError(message)
+
+
+def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Scores, Scores]:
+    """Raw fine (element-wise) and coarse (vector-wise) Taylor importance from one gradient pass."""
+    stats = gradient_stats(context, with_fisher=opts.fine == "element2")
+    fine, coarse = {}, {}
+    for gs in context.group_sets:
+        fine[gs.key] = elementwise_importance(saliencies(context.model, gs, stats, opts.fine == "element2")).cpu()
+        coarse[gs.key] = vectorwise_importance(saliencies(context.model, gs, stats, False)).cpu()
+    return fine, coarse
+
+
+def comparable(raw: Scores, params_per_unit: dict, scope: str, mode: str) -> Scores:
+    """Normalise raw scores within (layer, kind) (``scope="layer"``), or across the model for global
+    allocation (``scope="model"``: divide by the model-wide mean score per parameter, which keeps the
+    Taylor estimates' cross-layer information)."""
+    if scope == "layer":
+        return {key: normalise(scores, mode) for key, scores in raw.items()}
+    per_param = torch.cat([scores / params_per_unit[key] for key, scores in raw.items()]).mean().clamp_min(1e-30)
+    return {key: scores / per_param for key, scores in raw.items()}
+
+
+def score_hywia(context: ScoringContext) -> ScoreResult:
+    opts = HybridOptions.from_dict(context.options)
+    started = time.perf_counter()
+    fine_raw, coarse_raw = granularity_scores(context, opts)
+    ppu = {gs.key: gs.params_per_unit(context.model) for gs in context.group_sets}
+    scope = "layer" if context.allocation == "uniform" else "model"
+    fine = comparable(fine_raw, ppu, scope, opts.normalisation)
+    coarse = comparable(coarse_raw, ppu, scope, opts.normalisation)
+    keys = [gs.key for gs in context.group_sets]
+    keep = context.allocate({k: 0.5 * fine[k] + 0.5 * coarse[k] for k in keys})
+    num_layers = context.adapter.num_layers
+    descriptors = {
+        k: granularity_descriptors(fine[k], coarse[k], depth=k[0] / max(1, num_layers - 1), is_mlp=k[1] == MLP,
+                                   keep=keep[k])
+        for k in keys
+    }
+    fusion = AttentionFusion(descriptors[keys[0]].shape[-1], opts.key_dim, seed=context.seed)
+
+    def blend_weights() -> dict:
+        if opts.fixed_alpha is not None:
+            fixed = torch.tensor([opts.fixed_alpha, 1 - opts.fixed_alpha])
+            return {k: fixed for k in keys}
+        if opts.blend == "layer":
+            return {k: fusion(descriptors[k].mean(dim=0)) for k in keys}
+        return {k: fusion(descriptors[k]) for k in keys}
+
+    losses: list[float] = []
+    if opts.fixed_alpha is None and opts.steps > 0:
+        keep, losses = _learn(context, opts, fusion, blend_weights, fine, coarse, keep)
+    with torch.no_grad():
+        alphas = blend_weights()
+        fused = {k: fuse(fine[k], coarse[k], alphas[k]).detach() for k in keys}
+    details = {
+        "options": asdict(opts),
+        "normalisation_scope": scope,
+        "alpha_fine": {f"{k[0]}.{k[1]}": float(alphas[k][..., FINE].mean()) for k in keys},
+        "loss_curve": [round(x, 5) for x in losses],
+        "kept_per_layer": {
+            name: {f"{k[0]}.{k[1]}": int(c) for k, c in context.allocate(scores).items()}
+            for name, scores in (("fine", fine), ("coarse", coarse), ("hybrid", fused))
+        },
+        "shared_with_hybrid": {
+            name: _shared_selection(scores, fused, context.allocate) for name, scores in (("fine", fine), ("coarse", coarse))
+        },
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return ScoreResult(fused, details)
+
+
+def _shared_selection(single: Scores, fused: Scores, allocate) -> dict[str, float]:
+    """Per (layer, kind): share of the units the hybrid keeps that a single granularity keeps too."""
+    single_counts, fused_counts = allocate(single), allocate(fused)
+    shares = {}
+    for key in fused:
+        kept_fused = set(top_units(fused[key], fused_counts[key]).tolist())
+        kept_single = set(top_units(single[key], single_counts[key]).tolist())
+        shares[f"{key[0]}.{key[1]}"] = len(kept_fused & kept_single) / max(1, len(kept_fused))
+    return shares
+
+
+def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
+    """Fit the fusion parameters with the LLM frozen; return the final keep counts and the loss curve."""
+    model, samples = context.model, context.samples
+    device = input_device(model)
+    optimiser = torch.optim.Adam(fusion.parameters(), lr=opts.lr)
+    saved_flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved_flags:
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    losses = []
+    generator = torch.Generator().manual_seed(context.seed)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    cache_fits = samples.numel() * vocab * 4 <= DENSE_CACHE_BYTES
+    dense_cache = _dense_logits(model, samples.to(device)) if opts.loss == "kl" and cache_fits else None
+    try:
+        with gated(model, context.adapter, context.group_sets) as gates:
+            for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
+                alphas = blend_weights()
+                fused = {k: fuse(fine[k], coarse[k], alphas[k]) for k in fine}
+                if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
+                    keep = context.allocate({k: v.detach() for k, v in fused.items()})
+                rows = torch.randperm(len(samples), generator=generator)[: opts.batch_size]
+                batch = samples[rows].to(device)
+                dense_logits = None
+                if opts.loss == "kl":
+                    gates.masks.clear()
+                    dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
+                gates.masks.update({k: soft_mask(fused[k], keep[k], opts.temperature) for k in fused})
+                loss = _objective(model, batch, dense_logits)
+                if not torch.isfinite(loss):
+                    raise HywiaError(f"HyWIA fusion loss became {loss.item()} at step {step}; try --dtype float32")
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(loss.item())
+    finally:
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return keep, losses
+
+
+@torch.no_grad()
+def _dense_logits(model, batch: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(input_ids=batch[i : i + 8], use_cache=False).logits.float() for i in range(0, len(batch), 8)])
+
+
+def _objective(model, batch: torch.Tensor, dense_logits: torch.Tensor | None) -> torch.Tensor:
+    """LM loss of the gated model, or, given the dense logits, KL(dense || gated) per token."""
+    if dense_logits is None:
+        return model(input_ids=batch, labels=batch, use_cache=False).loss
+    logits = model(input_ids=batch, use_cache=False).logits.float()
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=-1), torch.log_softmax(dense_logits, dim=-1),
+                                    log_target=True, reduction="sum")
+    return kl / (batch.shape[0] * batch.shape[1])
+
+
+register_method(MethodSpec("hywia", "grad", "HyWIA: fine + coarse Taylor importance fused by learned attention",
+                           score_hywia))

@@ -1,0 +1,10 @@
+"""Stage: models. Takes a hub id, folder or GGUF file; gives a loaded model and the adapter that knows its
+architecture (``adapters/``), its coupled structures (``groups``), where it sits (``placement``), how to
+remove units physically (``surgery``) and how to save and reload the result (``io``)."""
+
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

