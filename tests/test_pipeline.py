@@ -142,3 +142,18 @@ def test_nan_gradients_are_reported(calib_ids):
 def test_ratio_zero_is_refused():
     with pytest.raises(HywiaError, match="--ratio"):
         prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.0, method="l2"))
+
+
+def test_ratio_of_the_non_embedding_parameters(calib_ids):
+    """--ratio-base non-embedding: the removed count is the ratio of the parameters outside the
+    embedding and LM head (counted here from the named modules, independently of the pipeline)."""
+    model = build_tiny("llama-mha")
+    total = sum(p.numel() for p in model.parameters())  # untied in this config
+    outside = total - model.model.embed_tokens.weight.numel() - model.lm_head.weight.numel()
+    report = prune(model, None, PruneConfig(ratio=0.3, ratio_base="non-embedding", method="l2", progress=False)).report
+    removed = report["parameters"]["removed"]
+    assert abs(removed / outside - 0.3) < 0.05
+    assert report["parameters"]["achieved_ratio_non_embedding"] == pytest.approx(removed / outside)
+    assert report["parameters"]["achieved_ratio"] == pytest.approx(removed / total)
+    with pytest.raises(HywiaError, match="ratio-base"):
+        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.3, ratio_base="layers", method="l2", progress=False))

@@ -1,8 +1,9 @@
 """The pruning pipeline: the stages in order, each a package or module of its own.
 
 models (adapter, groups) -> calibration (samples) -> importance (scores) -> allocate (keep counts)
--> models.surgery (physical removal) -> report. Data and imports flow one way. ``prune`` changes the model in place and
-returns a report describing exactly what was removed and why.
+-> reconstruct (optional refit of the output projections) -> models.surgery (physical removal) -> report.
+Data and imports flow one way. ``prune`` changes the model in place and returns a report describing
+exactly what was removed and why.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ from .allocate import (
 from .calibration.texts import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
 from .errors import HywiaError
 from .importance import ScoringContext, check_method, needs_calibration, score
+from .importance.forward_methods import add_output_bias_terms, claim_bias_compensation
 from .importance.registry import top_units
-from .models import count_parameters
+from .models import count_embedding_parameters, count_parameters
 from .models.adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
 from .models.surgery import apply_keep
+from .reconstruct import check_damping, reconstruct
 from .report import build_report
+
+
+RATIO_BASES = ("all", "non-embedding")
 
 
 @dataclass
@@ -38,6 +44,7 @@ class PruneConfig:
     """Everything that decides the pruned model. Saved, fully resolved, in the report."""
 
     ratio: float
+    ratio_base: str = "all"  # "all": ratio of ALL parameters; "non-embedding": of those outside embeddings / LM head
     method: str = "hywia"
     allocation: str | None = None  # "uniform": same widths in every layer; "global": per-layer; None: method's default
     layers: str | None = None  # "A:B" prunes layers A..B-1 only (default: all)
@@ -50,9 +57,24 @@ class PruneConfig:
     batch_size: int = 4
     progress: bool = True
     method_options: dict = field(default_factory=dict)
+    # Reconstruction (METHOD.md 3b): refit o_proj / down_proj on the pruned model's calibration inputs.
+    reconstruct: bool = False
+    # Relative ridge strength toward the kept weights (lambda = damping * mean diag of the kept Gram);
+    # 0.1 is a starting point, to be chosen on validation text (inf = no update).
+    reconstruct_damping: float = 0.1
+    reconstruct_samples: int | None = None  # None: reuse the scoring calibration samples
+    reconstruct_seq_len: int | None = None  # None: the scoring calibration length
 
     def validate(self) -> None:
         check_ratio(self.ratio)
+        if self.ratio_base not in RATIO_BASES:
+            raise HywiaError(f"--ratio-base must be one of {', '.join(RATIO_BASES)}, got {self.ratio_base!r}")
+        check_damping(self.reconstruct_damping)
+        for name, least in (("reconstruct_samples", 1), ("reconstruct_seq_len", 2)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise HywiaError(f"--{name.replace('_', '-').replace('seq-len', 'len')} must be an integer >= {least}, "
+                                 f"got {value!r}")
         spec = check_method(self.method)
         if self.allocation is None:
             self.allocation = spec.default_allocation
@@ -69,11 +91,14 @@ class PruneResult:
     report: dict
 
 
-def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: torch.Tensor | None = None) -> PruneResult:
+def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: torch.Tensor | None = None,
+          reconstruction_ids: torch.Tensor | None = None) -> PruneResult:
     """Prune ``model`` in place to remove ``config.ratio`` of its parameters; return it with a report.
 
     ``calibration_ids`` ([N, L] token ids) overrides the calibration text, e.g. to share one sample set
-    between several methods.
+    between several methods; ``reconstruction_ids`` likewise fixes the samples of the reconstruction
+    stage (default: the scoring samples, or ``config.reconstruct_samples`` x ``reconstruct_seq_len``
+    drawn from the same text with the same seed).
     """
     config.validate()
     started = time.perf_counter()
@@ -82,36 +107,56 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     widths_before = adapter.all_widths()
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     params_before = count_parameters(model)
+    embedding_params = count_embedding_parameters(model)
+    target_ratio = config.ratio
+    if config.ratio_base == "non-embedding":  # the same parameter count as a fraction of all parameters
+        target_ratio = config.ratio * (params_before - embedding_params) / params_before
     params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
     budgets = budgets_for(group_sets, params_per_unit, config.round_to, config.min_width)
 
     # Fail on an impossible request before any expensive work.
-    check_feasible(budgets, config.ratio, params_before)
-    allocation = allocate_uniform(budgets, config.ratio, params_before) if config.allocation == UNIFORM else None
+    check_feasible(budgets, target_ratio, params_before)
+    allocation = allocate_uniform(budgets, target_ratio, params_before) if config.allocation == UNIFORM else None
+
+    def draw_samples(num_samples: int, seq_len: int) -> torch.Tensor:
+        text = load_text(config.calibration, DEFAULT_CALIBRATION)
+        return calibration_samples(tokenizer, text, num_samples, seq_len, config.seed,
+                                   bos_id=sequence_bos(model, tokenizer))
 
     samples = None
     if needs_calibration(config.method):
-        if calibration_ids is not None:
-            samples = calibration_ids
+        samples = calibration_ids if calibration_ids is not None else draw_samples(config.num_samples, config.seq_len)
+    rec_samples = None
+    if config.reconstruct:  # data-free methods get samples here too
+        if reconstruction_ids is not None:
+            rec_samples = reconstruction_ids
+        elif config.reconstruct_samples is not None or config.reconstruct_seq_len is not None:
+            rec_samples = draw_samples(config.reconstruct_samples or config.num_samples,
+                                       config.reconstruct_seq_len or config.seq_len)
+        elif samples is not None or calibration_ids is not None:  # the scoring samples
+            rec_samples = calibration_ids if calibration_ids is not None else samples
         else:
-            text = load_text(config.calibration, DEFAULT_CALIBRATION)
-            samples = calibration_samples(tokenizer, text, config.num_samples, config.seq_len, config.seed,
-                                          bos_id=sequence_bos(model, tokenizer))
+            rec_samples = draw_samples(config.num_samples, config.seq_len)
 
     def keep_counts_for(scores):
         if allocation is not None:
             return allocation.keep_counts
-        return allocate_scored(config.allocation, budgets, scores, config.ratio, params_before).keep_counts
+        return allocate_scored(config.allocation, budgets, scores, target_ratio, params_before).keep_counts
 
     context = ScoringContext(model, adapter, group_sets, samples, config.seed, config.batch_size, config.progress,
                              dict(config.method_options), config.allocation, keep_counts_for)
     scored = score(config.method, context)
     if allocation is None:
-        allocation = allocate_scored(config.allocation, budgets, scored.scores, config.ratio, params_before)
+        allocation = allocate_scored(config.allocation, budgets, scored.scores, target_ratio, params_before)
 
     keep = {key: top_units(scored.scores[key], count) for key, count in allocation.keep_counts.items()}
+    with_bias = config.reconstruct and claim_bias_compensation(scored)  # the intercept replaces FLAP's bias
     if scored.before_surgery is not None:
         scored.before_surgery(keep)
+    rebuilt, added = None, 0
+    if config.reconstruct:
+        rebuilt = reconstruct(model, adapter, keep, rec_samples, damping=config.reconstruct_damping,
+                              with_bias=with_bias, batch_size=config.batch_size, progress=config.progress)
     widths_after = apply_keep(model, adapter, keep)
     params_after = count_parameters(model)
     if params_before - params_after != allocation.removed_params:
@@ -121,6 +166,9 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     if scored.after_surgery is not None:
         scored.after_surgery()
         params_after = count_parameters(model)  # it may add parameters (FLAP's compensation biases)
+    if rebuilt is not None and rebuilt.bias_terms:
+        added = add_output_bias_terms(model, adapter, rebuilt.bias_terms)
+        params_after = count_parameters(model)
     report = build_report(
         config=config.to_dict(),
         layers=layers,
@@ -134,4 +182,10 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         seconds=time.perf_counter() - started,
         stock_config=not (hasattr(model.config, LAYER_WIDTHS_KEY) or getattr(model.config, OUTPUT_BIAS_KEY, None)),
     )
+    report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
+    report["parameters"]["embedding"] = embedding_params
+    report["parameters"]["achieved_ratio_non_embedding"] = (params_before - params_after) / (params_before - embedding_params)
+    report["reconstruction"] = None if rebuilt is None else {
+        "damping": config.reconstruct_damping, "samples": list(rec_samples.shape),
+        "bias_parameters_added": added, **rebuilt.summary()}
     return PruneResult(model, report)

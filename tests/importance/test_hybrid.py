@@ -7,15 +7,17 @@ from conftest import build_tiny
 from hywia import HywiaError, PruneConfig, prune
 from hywia.models.adapters import get_adapter
 from hywia.importance.hywia.fusion import (
-    DESCRIPTOR_NAMES,
+    CONTEXT_NAMES,
+    KEY_NAMES,
     AttentionFusion,
+    blend_inputs,
     fuse,
-    granularity_descriptors,
     keep_threshold,
     normalise,
     rank_agreement,
     soft_mask,
 )
+from hywia.importance.taylor import groupwise_importance
 from tiny_models import zero_removed
 
 
@@ -23,34 +25,93 @@ def scores(n, seed):
     return torch.rand(n, generator=torch.Generator().manual_seed(seed)) + 0.01
 
 
-def test_descriptor_and_blend_shapes():
+def trained_like(seed):
+    """A fusion with every parameter non-zero, as after some training."""
+    fusion = AttentionFusion(seed=seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for parameter in fusion.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return fusion
+
+
+def test_blend_input_shapes():
     fine, coarse = normalise(scores(12, 0)), normalise(scores(12, 1))
-    x = granularity_descriptors(fine, coarse, depth=0.5, is_mlp=True, keep=8)
-    assert x.shape == (12, 2, len(DESCRIPTOR_NAMES))
+    context, keys = blend_inputs(fine, coarse, depth=0.5, is_mlp=True, keep=8)
+    assert context.shape == (12, len(CONTEXT_NAMES)) and keys.shape == (12, 2, len(KEY_NAMES))
     fusion = AttentionFusion(seed=0)
-    per_group, per_layer = fusion(x), fusion(x.mean(dim=0))
+    per_group, per_layer = fusion(context, keys), fusion(context.mean(0), keys.mean(0))
     assert per_group.shape == (12, 2) and per_layer.shape == (2,)
     assert fuse(fine, coarse, per_layer).shape == (12,) and fuse(fine, coarse, per_group).shape == (12,)
 
 
+def test_neutral_start():
+    fusion = AttentionFusion(seed=0)
+    alpha = fusion(torch.randn(5, len(CONTEXT_NAMES)), torch.randn(5, 2, len(KEY_NAMES)))
+    torch.testing.assert_close(alpha, torch.full((5, 2), 0.5))
+
+
+def test_alpha_moves_when_only_the_context_changes():
+    """The degenerate design (context in shared-projection keys) gives the same alpha for every context:
+    with the context in the query, the same granularity descriptors must blend differently in
+    different layers."""
+    fusion = trained_like(1)
+    keys = torch.randn(2, len(KEY_NAMES), generator=torch.Generator().manual_seed(7))
+    shallow, deep = torch.zeros(len(CONTEXT_NAMES)), torch.zeros(len(CONTEXT_NAMES))
+    deep[CONTEXT_NAMES.index("depth")] = 1.0
+    attn, mlp = shallow.clone(), shallow.clone()
+    mlp[CONTEXT_NAMES.index("is_mlp")] = 1.0
+    alphas = [fusion(c, keys)[0].item() for c in (shallow, deep, mlp)]
+    assert abs(alphas[0] - alphas[1]) > 1e-3 and abs(alphas[0] - alphas[2]) > 1e-3
+
+
+def test_alpha_moves_when_only_the_descriptors_change():
+    fusion = trained_like(2)
+    context = torch.randn(len(CONTEXT_NAMES), generator=torch.Generator().manual_seed(3))
+    keys = torch.randn(2, len(KEY_NAMES), generator=torch.Generator().manual_seed(4))
+    other = keys.clone()
+    other[0, 0] += 1.0  # only the fine granularity's score descriptor changes
+    assert abs(fusion(context, keys)[0].item() - fusion(context, other)[0].item()) > 1e-3
+
+
 def test_blend_weights_are_a_softmax():
-    fusion = AttentionFusion(seed=3)
-    with torch.no_grad():
-        fusion.key.weight.normal_()
-    alpha = fusion(torch.randn(50, 2, len(DESCRIPTOR_NAMES)))
-    assert (alpha >= 0).all()
+    fusion = trained_like(3)
+    alpha = fusion(torch.randn(50, len(CONTEXT_NAMES)), torch.randn(50, 2, len(KEY_NAMES)))
     torch.testing.assert_close(alpha.sum(-1), torch.ones(50))
-    assert AttentionFusion(seed=0)(torch.randn(2, len(DESCRIPTOR_NAMES))).tolist() == [0.5, 0.5]  # neutral start
+    assert alpha[:, 0].std() > 1e-3  # not one constant for every row
 
 
-def test_gradients_reach_the_fusion_parameters():
+def test_one_step_moves_the_blend_and_then_the_query_learns():
     fine, coarse = normalise(scores(16, 0)), normalise(scores(16, 1))
     fusion = AttentionFusion(seed=0)
-    x = granularity_descriptors(fine, coarse, depth=0.1, is_mlp=False, keep=10)
-    mask = soft_mask(fuse(fine, coarse, fusion(x)), keep=10, temperature=0.1)
-    (mask * torch.arange(16.0)).sum().backward()
-    assert fusion.key.weight.grad is not None and fusion.key.weight.grad.abs().sum() > 0
-    assert fusion.query.grad is not None
+    optimiser = torch.optim.Adam(fusion.parameters(), lr=0.1)
+    context, keys = blend_inputs(fine, coarse, depth=0.1, is_mlp=False, keep=10)
+    grads = []
+    for _ in range(2):
+        mask = soft_mask(fuse(fine, coarse, fusion(context, keys)), keep=10, temperature=0.1)
+        optimiser.zero_grad()
+        (mask * torch.arange(16.0)).sum().backward()
+        grads.append({name: p.grad.abs().sum().item() for name, p in fusion.named_parameters()})
+        optimiser.step()
+    assert grads[0]["embedding"] > 0  # the first step moves the granularity embeddings
+    assert grads[1]["query.2.weight"] > 0  # once the keys differ, the query gets a gradient too
+    alpha = fusion(context, keys)
+    assert (alpha[:, 0] - 0.5).abs().max() > 1e-3
+
+
+def test_groupwise_is_the_loss_change_of_removing_the_whole_group():
+    """|sum s| over a group = |first-order change of a loss| when all its weights go to zero, checked
+    against autograd on a small quadratic-free function (linear in the weights)."""
+    weight = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    x = torch.randn(3, generator=torch.Generator().manual_seed(1))
+    loss = (weight @ x).sum()
+    (grad,) = torch.autograd.grad(loss, weight)
+    saliency = (weight * grad).detach().reshape(2, 2, 3)  # 2 units of 2 rows
+    for unit in range(2):
+        removed = weight.detach().clone()
+        removed[2 * unit : 2 * unit + 2] = 0
+        change = loss.item() - (removed @ x).sum().item()
+        assert groupwise_importance([saliency])[unit].item() == pytest.approx(abs(change), rel=1e-5)
 
 
 @pytest.mark.parametrize("keep", [1, 5, 11])

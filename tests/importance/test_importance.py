@@ -1,9 +1,14 @@
-"""The importance formulas on hand-made tensors."""
+"""The importance formulas against hand computations and brute forces."""
 
+import pytest
 import torch
 
+from conftest import build_tiny
+from hywia.calibration.gradients import collect_gradients
 from hywia.importance.magnitude import l1_importance, l2_importance, random_importance
-from hywia.importance.taylor import element_saliency, elementwise_importance, vectorwise_importance
+from hywia.importance.taylor import element_saliency, elementwise_importance, groupwise_importance, vectorwise_importance
+from hywia.importance.weight_methods import prunable_tensors, saliencies
+from hywia.models.adapters import get_adapter
 
 
 def test_first_and_second_order_saliency():
@@ -14,12 +19,53 @@ def test_first_and_second_order_saliency():
     torch.testing.assert_close(element_saliency(w, g, f), w * g - 0.5 * w * f * w)
 
 
-def test_fine_vs_coarse_aggregation():
-    # unit 0: saliencies cancel (coarse 0, fine 2); unit 1: they add up (coarse 2, fine 2)
-    s_member_a = torch.tensor([[1.0], [1.0]])
-    s_member_b = torch.tensor([[-1.0], [1.0]])
-    torch.testing.assert_close(elementwise_importance([s_member_a, s_member_b]), torch.tensor([2.0, 2.0]))
-    torch.testing.assert_close(vectorwise_importance([s_member_a, s_member_b]), torch.tensor([0.0, 2.0]))
+def test_three_granularities_on_a_hand_example():
+    # one unit, two rows of two elements: row sums +1 -1 = 0 and 2 + 2 = 4; second member: one row -3
+    a = torch.tensor([[[1.0, -1.0], [2.0, 2.0]]])
+    b = torch.tensor([[[-3.0]]])
+    assert elementwise_importance([a, b]).item() == 1 + 1 + 2 + 2 + 3
+    assert vectorwise_importance([a, b]).item() == 0 + 4 + 3
+    assert groupwise_importance([a, b]).item() == abs(0 + 4 - 3)
+
+
+def test_vector_is_llm_pruners_row_rule_on_a_real_group(calib_ids):
+    """LLM-Pruner's Vector computed by hand from q/k/v/o rows and columns of one KV group."""
+    model = build_tiny("llama-gqa")
+    adapter = get_adapter(model)
+    attn = adapter.group_sets(1)[0]
+    stats = collect_gradients(model, prunable_tensors(model, [attn]), calib_ids, progress=False)
+    layer = model.model.layers[1].self_attn
+    r, head_dim = adapter.heads_per_kv(1), adapter.head_dim
+    unit = 1
+    expected = 0.0
+    for name, rows in (("q_proj", range(unit * r * head_dim, (unit + 1) * r * head_dim)),
+                       ("k_proj", range(unit * head_dim, (unit + 1) * head_dim)),
+                       ("v_proj", range(unit * head_dim, (unit + 1) * head_dim))):
+        w = getattr(layer, name).weight
+        g = stats.grad[f"model.layers.1.self_attn.{name}.weight"]
+        expected += sum(abs((w[i] * g[i]).sum().item()) for i in rows)
+    w, g = layer.o_proj.weight, stats.grad["model.layers.1.self_attn.o_proj.weight"]
+    expected += sum(abs((w[:, j] * g[:, j]).sum().item()) for j in range(unit * r * head_dim, (unit + 1) * r * head_dim))
+    got = vectorwise_importance(saliencies(model, attn, stats, second_order=False))[unit].item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_statistics_are_means_of_per_sample_gradients(calib_ids):
+    """g = mean_i grad L_i and F = mean_i (grad L_i)^2, against an independent per-sample autograd loop,
+    and the same g whatever the batch size."""
+    model = build_tiny("llama-mha")
+    name = "model.layers.0.mlp.down_proj.weight"
+    tensor = model.get_parameter(name)
+    per_sample = []
+    for row in calib_ids:
+        loss = model(input_ids=row[None], labels=row[None]).loss
+        per_sample.append(torch.autograd.grad(loss, tensor)[0])
+    per_sample = torch.stack(per_sample)
+    with_fisher = collect_gradients(model, {name: tensor}, calib_ids, with_fisher=True, progress=False)
+    batched = collect_gradients(model, {name: tensor}, calib_ids, batch_size=3, progress=False)
+    torch.testing.assert_close(with_fisher.grad[name], per_sample.mean(0), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(with_fisher.fisher[name], per_sample.pow(2).mean(0), atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(batched.grad[name], per_sample.mean(0), atol=1e-6, rtol=1e-4)
 
 
 def test_magnitude_and_random():

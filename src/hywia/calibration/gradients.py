@@ -1,7 +1,8 @@
 """One gradient pass over the calibration data, for the prunable tensors only.
 
-g = sum over samples i of grad L_i, where L_i is sample i's mean token loss; the empirical Fisher
-diagonal is F = mean over samples of (grad L_i)^2. Accumulators are float32 whatever the model dtype
+g = mean over samples i of grad L_i, where L_i is sample i's mean token loss (the gradient of the mean
+calibration loss, as LLM-Pruner computes it); the empirical Fisher diagonal is F = mean over samples of
+(grad L_i)^2. Both are means, so the two terms of Element^2 (w*g - 1/2 w*F*w) have matching scales. Accumulators are float32 whatever the model dtype
 (in fp16 most of the second-order term underflows). No per-sample copy of the gradients is kept: the
 Fisher pass runs one sample at a time and folds each gradient into the two running sums.
 """
@@ -66,6 +67,8 @@ def collect_gradients(
             p.requires_grad_(saved_flags[name])
             p.grad = None
         model.train(was_training)
+    for value in grad_sum.values():
+        value /= len(samples)
     if fisher_sum is not None:
         for value in fisher_sum.values():
             value /= len(samples)

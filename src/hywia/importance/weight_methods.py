@@ -1,5 +1,5 @@
-"""Methods that score each group set from its weights (and gradients): random, L1/L2 magnitude and
-LLM-Pruner's Taylor family (Element^1, Element^2, Vector) plus the whole-group Taylor score.
+"""Methods that score each group set from its weights (and gradients): random, L1/L2 magnitude,
+LLM-Pruner's Taylor family (Element^1, Element^2, Vector) and the whole-group Taylor score ("group").
 
 The formulas are the pure functions of ``magnitude`` and ``taylor``; this module only feeds them the
 unit views of a group set's coupled tensors and the statistics of one gradient pass.
@@ -14,10 +14,10 @@ from torch import nn
 
 from ..calibration.gradients import GradientStats, collect_gradients
 from ..errors import HywiaError
-from ..models.groups import GroupSet, get_tensor, unit_view
+from ..models.groups import GroupSet, get_tensor, row_view, unit_view
 from .magnitude import l1_importance, l2_importance, random_importance
 from .registry import METHODS, MethodSpec, ScoreResult, ScoringContext, register_method
-from .taylor import element_saliency, elementwise_importance, vectorwise_importance
+from .taylor import element_saliency, elementwise_importance, groupwise_importance, vectorwise_importance
 
 
 def member_key(member) -> str:
@@ -33,14 +33,23 @@ def unit_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Te
     return views
 
 
+def row_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Like ``unit_views`` but ``[num_units, rows_per_unit, row_length]`` (``groups.row_view``)."""
+    views = []
+    for member in group_set.members:
+        tensor = get_tensor(model, member) if source is None else source[member_key(member)]
+        views.append(row_view(tensor.detach(), member.dim, group_set.num_units))
+    return views
+
+
 def saliencies(model: nn.Module, group_set: GroupSet, stats: GradientStats, second_order: bool) -> list[torch.Tensor]:
-    """Per-member element saliency s (unit views), first or second order."""
-    weights = unit_views(model, group_set)
-    grads = unit_views(model, group_set, stats.grad)
+    """Per-member element saliency s as row views ``[units, rows_per_unit, row_length]``."""
+    weights = row_views(model, group_set)
+    grads = row_views(model, group_set, stats.grad)
     if second_order:
         if stats.fisher is None:
             raise HywiaError("second-order importance needs the Fisher diagonal (collect with with_fisher=True)")
-        fishers = unit_views(model, group_set, stats.fisher)
+        fishers = row_views(model, group_set, stats.fisher)
         return [element_saliency(w, g.to(w.device), f.to(w.device)) for w, g, f in zip(weights, grads, fishers)]
     return [element_saliency(w, g.to(w.device)) for w, g in zip(weights, grads)]
 
@@ -61,6 +70,7 @@ def score_group_set(
         "element1": lambda: elementwise_importance(saliencies(model, group_set, stats, second_order=False)),
         "element2": lambda: elementwise_importance(saliencies(model, group_set, stats, second_order=True)),
         "vector": lambda: vectorwise_importance(saliencies(model, group_set, stats, second_order=False)),
+        "group": lambda: groupwise_importance(saliencies(model, group_set, stats, second_order=False)),
     }
     if name not in scorers:
         raise HywiaError(f"method {name!r} is not a per-group-set scorer")
@@ -110,6 +120,7 @@ for _name, _needs, _description in (
     ("l2", "none", "L2 norm of the group's weights"),
     ("element1", "grad", "LLM-Pruner Element^1: sum |w*g|"),
     ("element2", "fisher", "LLM-Pruner Element^2: sum |w*g - 1/2 w*F*w|"),
-    ("vector", "grad", "LLM-Pruner Vector: |sum w*g| over the whole group"),
+    ("vector", "grad", "LLM-Pruner Vector: sum over the group's weight rows of |sum w*g along the row|"),
+    ("group", "grad", "whole-group Taylor: |sum w*g| over all the group's elements (HyWIA's coarse score)"),
 ):
     register_method(MethodSpec(_name, _needs, _description, _scorer(_name)))

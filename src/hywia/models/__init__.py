@@ -8,3 +8,11 @@ from torch import nn
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def count_embedding_parameters(model: nn.Module) -> int:
+    """Parameters of the input embedding and of the LM head (once when tied): what structured pruning
+    of the decoder layers never touches."""
+    modules = [model.get_input_embeddings(), model.get_output_embeddings()]
+    unique = {id(p): p for module in modules if module is not None for p in module.parameters()}
+    return sum(p.numel() for p in unique.values())

@@ -69,3 +69,10 @@ def unit_view(tensor: torch.Tensor, dim: int, num_units: int) -> torch.Tensor:
     """Reshape ``tensor`` to ``[num_units, elements_per_unit]`` following the block layout of ``dim``."""
     moved = tensor.movedim(dim, 0)
     return moved.reshape(num_units, -1)
+
+
+def row_view(tensor: torch.Tensor, dim: int, num_units: int) -> torch.Tensor:
+    """``[num_units, rows_per_unit, row_length]``: the unit's slices along ``dim`` (its weight rows for
+    ``dim=0``, its columns for ``dim=1``; single elements for a bias), each with its full extent."""
+    moved = tensor.movedim(dim, 0)
+    return moved.reshape(num_units, moved.shape[0] // num_units, -1)

@@ -6,13 +6,21 @@ formulas are not public. This is hywia's reconstruction (METHOD.md section 3):
 
 1. Normalise each granularity within its (layer, kind):   f^_g = f_g / mean(f),  c^_g = c_g / mean(c)
    (or rank percentiles, or z-scores).
-2. For each granularity j in {fine, coarse} build a descriptor x_j of its scores there: the score
-   itself (per-group blend), the spread of the layer's scores, the share of score mass below the cut,
-   depth l / (L - 1), kind, the rank agreement between the two granularities, and j itself (one-hot).
-3. A learned query q attends over the keys k_j = W x_j:   alpha = softmax_j(q . k_j / sqrt(d))
-4. Fused importance:                                       I_g = alpha_fine f^_g + alpha_coarse c^_g
-5. Soft masks at the target width:                         m_g = sigmoid((I_g - t) / (T sigma_I))
-   with t halfway between the k-th and (k+1)-th largest I (k = units kept) and sigma_I the std of I.
+2. Context c of WHERE the blend is decided (the query side): depth l / (L - 1), kind, the kept
+   fraction, the rank agreement of the two score lists, each list's spread and the share of its score
+   mass below the cut; for a per-group blend also the group's own two rank percentiles and their rank
+   gap. Query  q = phi(c)  (a small MLP).
+3. Descriptors x_j of each granularity j in {fine, coarse} (the key side): its score of the group (log
+   of the normalised score), its rank percentile, its spread and cut mass in the layer. Keys
+   k_j = psi(x_j) + e_j  with psi linear and e_j a learned granularity embedding.
+4. alpha = softmax_j(q . k_j / sqrt(d)),   I_g = alpha_fine f^_g + alpha_coarse c^_g.
+5. Soft masks at the target width:  m_g = sigmoid((I_g - t) / (T sigma_I)), t halfway between the
+   k-th and (k+1)-th largest I (k = units kept), sigma_I the std of I.
+
+Why the context sits in the query: in a 2-way softmax only k_fine - k_coarse matters, so a feature that
+enters both keys through one shared projection cancels; had the context been put into the keys, alpha
+would be one global constant. Here q varies with the context and multiplies a key difference that
+varies with the granularities' own descriptors, so alpha can differ between layers, kinds and groups.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ GRANULARITIES = ("fine", "coarse")
 NORMALISATIONS = ("mean", "rank", "zscore")
 BLENDS = ("layer", "group")
 
+CONTEXT_NAMES = ("depth", "is_mlp", "keep_fraction", "agreement", "fine_spread", "coarse_spread", "fine_cut_mass",
+                 "coarse_cut_mass", "fine_rank", "coarse_rank", "rank_gap")
+KEY_NAMES = ("log_score", "rank", "spread", "cut_mass")
+
 
 def normalise(scores: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """Make one layer's scores comparable across granularities.
@@ -39,19 +51,24 @@ def normalise(scores: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     if mode == "mean":
         return scores / scores.mean().clamp_min(1e-30)
     if mode == "rank":
-        ranks = torch.empty_like(scores)
-        ranks[torch.argsort(scores, stable=True)] = torch.arange(len(scores), dtype=scores.dtype)
-        return (ranks + 1) / len(scores)
+        return rank_percentile(scores)
     if mode == "zscore":
         return (scores - scores.mean()) / scores.std().clamp_min(1e-30) if len(scores) > 1 else scores * 0
     raise ValueError(f"unknown normalisation {mode!r}; choose one of {NORMALISATIONS}")
+
+
+def rank_percentile(scores: torch.Tensor) -> torch.Tensor:
+    """(rank + 1) / n with rank 0 for the smallest score (ties by position)."""
+    ranks = torch.empty_like(scores, dtype=torch.float32)
+    ranks[torch.argsort(scores, stable=True)] = torch.arange(len(scores), dtype=torch.float32)
+    return (ranks + 1) / len(scores)
 
 
 def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rank correlation between two score vectors (1: same order, -1: reversed)."""
     if len(a) < 2:
         return 1.0
-    ra, rb = normalise(a, "rank"), normalise(b, "rank")
+    ra, rb = rank_percentile(a), rank_percentile(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = (ra.norm() * rb.norm()).clamp_min(1e-12)
     return float((ra @ rb) / denominator)
@@ -65,45 +82,65 @@ def cut_mass(normalised: torch.Tensor, keep: int) -> float:
     return float(removed / total)
 
 
-DESCRIPTOR_NAMES = ("score", "spread", "cut_mass", "depth", "is_mlp", "agreement", "is_fine", "is_coarse")
+def _spread(scores: torch.Tensor) -> float:
+    """Coefficient of variation of the non-negative-shifted scores (scale-free)."""
+    if len(scores) < 2:
+        return 0.0
+    shifted = scores - scores.min()
+    return float(shifted.std() / shifted.mean().clamp_min(1e-12))
 
 
-def granularity_descriptors(
-    fine: torch.Tensor, coarse: torch.Tensor, *, depth: float, is_mlp: bool, keep: int
-) -> torch.Tensor:
-    """Descriptors x[g, j, :] of granularity j for unit g of one (layer, kind): a [units, 2, 8] tensor.
+def _log_score(scores: torch.Tensor) -> torch.Tensor:
+    shifted = scores - scores.min() if scores.min() < 0 else scores
+    return torch.log(shifted / shifted.mean().clamp_min(1e-30) + 1e-3)
 
-    ``fine`` and ``coarse`` are already normalised. The per-unit ``score`` column is what lets a
-    per-group blend differ between units; the other columns describe the layer.
-    """
-    agreement = rank_agreement(fine, coarse)
-    rows = []
-    for j, scores in enumerate((fine, coarse)):
-        layer_stats = torch.tensor(
-            [scores.std().item() if len(scores) > 1 else 0.0, cut_mass(scores, keep), depth, float(is_mlp),
-             agreement, float(j == FINE), float(j == COARSE)]
-        )
-        rows.append(torch.cat([scores[:, None], layer_stats.expand(len(scores), -1)], dim=1))
-    return torch.stack(rows, dim=1)
+
+def blend_inputs(fine: torch.Tensor, coarse: torch.Tensor, *, depth: float, is_mlp: bool, keep: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query context ``[units, len(CONTEXT_NAMES)]`` and key descriptors ``[units, 2, len(KEY_NAMES)]`` of
+    one (layer, kind), from its normalised fine and coarse scores. A per-layer blend averages both over
+    the units (the per-group columns then hold the layer's mean: 0.5 and 0)."""
+    n = len(fine)
+    fine_rank, coarse_rank = rank_percentile(fine), rank_percentile(coarse)
+    spreads = (_spread(fine), _spread(coarse))
+    masses = (cut_mass(fine, keep), cut_mass(coarse, keep))
+    layer = torch.tensor([depth, float(is_mlp), keep / max(1, n), rank_agreement(fine, coarse), *spreads, *masses])
+    context = torch.cat([layer.expand(n, -1), torch.stack([fine_rank, coarse_rank, fine_rank - coarse_rank], 1)], 1)
+    keys = torch.stack([
+        torch.stack([_log_score(scores), ranks, torch.full((n,), spread), torch.full((n,), mass)], 1)
+        for scores, ranks, spread, mass in ((fine, fine_rank, spreads[0], masses[0]),
+                                            (coarse, coarse_rank, spreads[1], masses[1]))
+    ], 1)
+    return context, keys
 
 
 class AttentionFusion(nn.Module):
-    """alpha = softmax_j(q . (W x_j) / sqrt(d)): a learned query attending over the two granularities.
+    """alpha = softmax_j(phi(c) . (psi(x_j) + e_j) / sqrt(d)): a context query over the granularities' keys.
 
-    Starts at alpha = (0.5, 0.5) exactly (W = 0): training moves it only where the loss says so.
+    Starts at alpha = (0.5, 0.5) exactly (psi = 0, e = 0); the first gradient step moves the embeddings,
+    after which the query learns how the blend should depend on the context.
     """
 
-    def __init__(self, num_features: int = len(DESCRIPTOR_NAMES), key_dim: int = 8, seed: int = 0):
+    def __init__(self, context_features: int = len(CONTEXT_NAMES), key_features: int = len(KEY_NAMES),
+                 key_dim: int = 8, hidden: int = 16, seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.key = nn.Linear(num_features, key_dim, bias=False)
+        self.query = nn.Sequential(nn.Linear(context_features, hidden), nn.Tanh(), nn.Linear(hidden, key_dim))
+        with torch.no_grad():
+            for layer in (self.query[0], self.query[2]):
+                bound = 1 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+        self.key = nn.Linear(key_features, key_dim, bias=False)
         nn.init.zeros_(self.key.weight)
-        self.query = nn.Parameter(torch.randn(key_dim, generator=generator) / math.sqrt(key_dim))
+        self.embedding = nn.Parameter(torch.zeros(len(GRANULARITIES), key_dim))
         self.key_dim = key_dim
 
-    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
-        """``descriptors`` [..., 2, F] -> blend weights alpha [..., 2] (non-negative, summing to 1)."""
-        logits = self.key(descriptors) @ self.query / math.sqrt(self.key_dim)
+    def forward(self, context: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``context`` [..., C], ``keys`` [..., 2, F] -> blend weights alpha [..., 2] (summing to 1)."""
+        query = self.query(context)
+        projected = self.key(keys) + self.embedding
+        logits = (projected @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.key_dim)
         return torch.softmax(logits, dim=-1)
 
 

@@ -18,10 +18,10 @@ from ...errors import HywiaError
 from ...models.groups import MLP
 from ...models.placement import input_device
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, top_units
-from ..taylor import elementwise_importance, vectorwise_importance
+from ..taylor import elementwise_importance, groupwise_importance
 from ..weight_methods import gradient_stats, saliencies
 from .gates import gated
-from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, fuse, granularity_descriptors, normalise, soft_mask
+from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, fuse, normalise, soft_mask
 
 LOSSES = ("lm", "kl")
 DENSE_CACHE_BYTES = 1 << 30  # the dense logits of all calibration samples are kept when they fit in this
@@ -72,12 +72,12 @@ class HybridOptions:
 
 
 def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Scores, Scores]:
-    """Raw fine (element-wise) and coarse (vector-wise) Taylor importance from one gradient pass."""
+    """Raw fine (element-wise, sum |s|) and coarse (group-wise, |sum s|) Taylor importance from one gradient pass."""
     stats = gradient_stats(context, with_fisher=opts.fine == "element2")
     fine, coarse = {}, {}
     for gs in context.group_sets:
         fine[gs.key] = elementwise_importance(saliencies(context.model, gs, stats, opts.fine == "element2")).cpu()
-        coarse[gs.key] = vectorwise_importance(saliencies(context.model, gs, stats, False)).cpu()
+        coarse[gs.key] = groupwise_importance(saliencies(context.model, gs, stats, False)).cpu()
     return fine, coarse
 
 
@@ -102,20 +102,19 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
     keys = [gs.key for gs in context.group_sets]
     keep = context.allocate({k: 0.5 * fine[k] + 0.5 * coarse[k] for k in keys})
     num_layers = context.adapter.num_layers
-    descriptors = {
-        k: granularity_descriptors(fine[k], coarse[k], depth=k[0] / max(1, num_layers - 1), is_mlp=k[1] == MLP,
-                                   keep=keep[k])
+    inputs = {
+        k: blend_inputs(fine[k], coarse[k], depth=k[0] / max(1, num_layers - 1), is_mlp=k[1] == MLP, keep=keep[k])
         for k in keys
     }
-    fusion = AttentionFusion(descriptors[keys[0]].shape[-1], opts.key_dim, seed=context.seed)
+    fusion = AttentionFusion(key_dim=opts.key_dim, seed=context.seed)
 
     def blend_weights() -> dict:
         if opts.fixed_alpha is not None:
             fixed = torch.tensor([opts.fixed_alpha, 1 - opts.fixed_alpha])
             return {k: fixed for k in keys}
         if opts.blend == "layer":
-            return {k: fusion(descriptors[k].mean(dim=0)) for k in keys}
-        return {k: fusion(descriptors[k]) for k in keys}
+            return {k: fusion(inputs[k][0].mean(dim=0), inputs[k][1].mean(dim=0)) for k in keys}
+        return {k: fusion(*inputs[k]) for k in keys}
 
     losses: list[float] = []
     if opts.fixed_alpha is None and opts.steps > 0:

@@ -1,0 +1,154 @@
+"""The compensating update of an output projection after some of its input columns are removed.
+
+Notation (one output projection: ``o_proj`` for attention units, ``down_proj`` for MLP channels):
+``W`` [d_out, d_in] its weight, ``X`` [d_in, n] its calibration inputs (one column per token, gathered
+in the *pruned* model), ``G = X X^T`` their Gram matrix, ``S`` the kept and ``R`` the removed input
+columns, ``s = X 1`` the per-feature sums and ``mu = s / n`` the means.
+
+Without intercept, the kept weights are refitted by ridge regression *toward the kept weights*
+(not toward zero):
+
+    min_{W_S'}  ||W_S' X_S - W X||^2 + lambda ||W_S' - W_S||^2
+    =>  W_S' = W_S + W_R G_RS (G_SS + lambda I)^-1,        lambda = damping * mean(diag(G_SS))
+
+(the damping is relative, so it means the same for every layer; lambda -> inf leaves W_S unchanged,
+lambda -> 0 is plain least squares). With an unregularised intercept ``b`` (X_S augmented with a row
+of ones), eliminating ``b`` leaves the same problem on the centred Gram ``C = G - n mu mu^T``:
+
+    D (C_SS + lambda I) = W_R C_RS,    W_S' = W_S + D,    b = W_R mu_R - D mu_S
+
+and as lambda -> inf, D -> 0 and b -> W_R mu_R: FLAP's bias compensation is the zero-order special case.
+All arithmetic is float64 on the Gram's device; the solve is a Cholesky, with an eigendecomposition
+(pseudo-inverse) as the fallback when the system is not positive definite (lambda = 0 with fewer tokens
+than kept columns, or constant inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import HywiaError
+
+CHOLESKY = "cholesky"
+PSEUDO_INVERSE = "eigh pseudo-inverse"
+
+
+@dataclass
+class Compensation:
+    """The solution for one output projection."""
+
+    delta: torch.Tensor  # [d_out, |S|] float64: W_S' - W_S
+    bias: torch.Tensor | None  # [d_out] float64 intercept, or None without one
+    lam: float  # the absolute ridge strength lambda
+    solver: str  # CHOLESKY or PSEUDO_INVERSE
+
+
+def check_damping(damping: float) -> float:
+    damping = float(damping)
+    if math.isnan(damping) or damping < 0:
+        raise HywiaError(f"--reconstruct-damping must be >= 0 (inf = no update), got {damping}")
+    return damping
+
+
+def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``matrix^-1 rhs`` for a symmetric positive semi-definite ``matrix`` (float64).
+
+    Cholesky when ``matrix`` is positive definite; otherwise the minimum-norm solution from its
+    eigendecomposition (eigenvalues below ``d * eps * max`` count as zero).
+    """
+    if not (torch.isfinite(matrix).all() and torch.isfinite(rhs).all()):
+        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
+                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor), CHOLESKY
+    try:
+        values, vectors = torch.linalg.eigh(matrix)
+    except RuntimeError as error:  # eigh failing to converge
+        raise HywiaError(f"reconstruction: the Gram matrix is not positive definite and its eigendecomposition "
+                         f"failed ({error}); raise --reconstruct-damping") from error
+    info64 = torch.finfo(values.dtype)
+    cutoff = values.abs().max().clamp(min=info64.tiny) * matrix.shape[0] * info64.eps
+    inverse = torch.where(values > cutoff, 1.0 / values, torch.zeros_like(values))
+    return vectors @ (inverse[:, None] * (vectors.T @ rhs)), PSEUDO_INVERSE
+
+
+def solve_compensation(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    kept: torch.Tensor,
+    removed: torch.Tensor,
+    damping: float,
+    *,
+    input_sum: torch.Tensor | None = None,
+    count: int | None = None,
+) -> Compensation:
+    """Ridge refit of the kept columns of ``weight`` (module docstring for the formulas).
+
+    ``gram`` = X X^T [d_in, d_in]; ``kept`` / ``removed`` = column indices S / R. With ``input_sum``
+    (= X 1) and ``count`` (= n) an unregularised intercept is fitted too.
+    """
+    damping = check_damping(damping)
+    device = gram.device
+    w = weight.detach().to(device=device, dtype=torch.float64)
+    g = gram.to(torch.float64)
+    kept = kept.to(device=device, dtype=torch.long)
+    removed = removed.to(device=device, dtype=torch.long)
+    w_r = w.index_select(1, removed)
+    g_ss = g.index_select(0, kept).index_select(1, kept)
+    g_rs = g.index_select(0, removed).index_select(1, kept)
+    lam = math.inf if math.isinf(damping) else float(damping * g_ss.diagonal().mean()) if len(kept) else 0.0
+    intercept = input_sum is not None
+    if intercept:
+        if not count:
+            raise HywiaError("an intercept needs the token count")
+        mu = input_sum.to(device=device, dtype=torch.float64) / count
+        mu_s, mu_r = mu.index_select(0, kept), mu.index_select(0, removed)
+        g_ss = g_ss - count * torch.outer(mu_s, mu_s)
+        g_rs = g_rs - count * torch.outer(mu_r, mu_s)
+    if math.isinf(lam) or len(kept) == 0 or len(removed) == 0:
+        delta, solver = torch.zeros(w.shape[0], len(kept), dtype=torch.float64, device=device), CHOLESKY
+    else:
+        system = g_ss + lam * torch.eye(len(kept), dtype=torch.float64, device=device)
+        # D A = B with A symmetric  <=>  A D^T = B^T
+        solution, solver = solve_symmetric(system, (w_r @ g_rs).T)
+        delta = solution.T
+    bias = None
+    if intercept:
+        bias = w_r @ mu_r - delta @ mu_s
+    return Compensation(delta, bias, lam, solver)
+
+
+def output_error(error: torch.Tensor, gram: torch.Tensor, *, bias: torch.Tensor | None = None,
+                 input_sum: torch.Tensor | None = None, count: int | None = None) -> float:
+    """``||E X + b 1^T||_F^2`` from the Gram matrix: ``tr(E G E^T) + 2 b . (E s) + n ||b||^2``.
+
+    ``error`` is E [d_out, d_in] (e.g. the weight minus its dense value), ``bias`` b, ``input_sum`` s = X 1.
+    """
+    e = error.to(device=gram.device, dtype=torch.float64)
+    g = gram.to(torch.float64)
+    total = float(((e @ g) * e).sum())
+    if bias is not None:
+        b = bias.to(device=gram.device, dtype=torch.float64)
+        total += 2 * float(b @ (e @ input_sum.to(device=gram.device, dtype=torch.float64))) + count * float(b @ b)
+    return max(total, 0.0)
+
+
+def relative_errors(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
+                    solution: Compensation, *, input_sum: torch.Tensor | None = None,
+                    count: int | None = None) -> tuple[float, float]:
+    """``||W_S X_S - W X|| / ||W X||`` (plain removal) and the same with ``W_S'`` (and ``b``) of ``solution``."""
+    w = weight.detach().to(device=gram.device, dtype=torch.float64)
+    reference = output_error(w, gram)
+    if reference == 0:
+        return 0.0, 0.0
+    plain = torch.zeros_like(w)
+    plain[:, removed.to(gram.device)] = -w[:, removed.to(gram.device)]
+    refitted = plain.clone()
+    refitted[:, kept.to(gram.device)] = solution.delta
+    before = output_error(plain, gram)
+    after = output_error(refitted, gram, bias=solution.bias, input_sum=input_sum, count=count)
+    return math.sqrt(before / reference), math.sqrt(after / reference)
