@@ -3,7 +3,7 @@
 import pytest
 
 from hywia.evaluate.offline_tasks import LOCAL_TASKS, load_local_task
-from hywia.evaluate.zeroshot import PAPER_TASKS
+from hywia.evaluate.zeroshot import PAPER_TASKS, SELECTION_TASKS
 
 pytest.importorskip("pyarrow")
 
@@ -14,7 +14,7 @@ def local():
 
 
 def test_all_paper_tasks_have_local_copies(local):
-    assert set(LOCAL_TASKS) == set(PAPER_TASKS)
+    assert set(LOCAL_TASKS) == set(PAPER_TASKS) | set(SELECTION_TASKS)
     sizes = {t: len(local[t].rows) for t in PAPER_TASKS}
     assert sizes == {"boolq": 3270, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
                      "arc_easy": 2376, "arc_challenge": 1172, "openbookqa": 500}
@@ -71,3 +71,27 @@ def test_openbookqa_test_docs(local):
     assert row["id"] == "8-343" and row["answerKey"] == "B"
     assert row["question_stem"].startswith("A person wants to start saving money")
     assert row["choices"]["text"][1] == "quit eating lunch out"
+
+
+@pytest.fixture(scope="module")
+def selection():
+    return {task: load_local_task(task) for task in SELECTION_TASKS}
+
+
+def test_selection_tasks_read_the_validation_rows(selection, local):
+    """Hyper-parameters are chosen on validation rows only: 570 / 299 / 500 docs, none of the test docs."""
+    assert SELECTION_TASKS == ("arc_easy_val", "arc_challenge_val", "openbookqa_val")
+    assert {t: len(selection[t].rows) for t in SELECTION_TASKS} == {
+        "arc_easy_val": 570, "arc_challenge_val": 299, "openbookqa_val": 500}
+    assert {selection[t].split for t in SELECTION_TASKS} == {"validation"}
+    assert all("/validation" in selection[t].source and "test" not in selection[t].source for t in SELECTION_TASKS)
+    for task in SELECTION_TASKS:
+        test = local[task.removesuffix("_val")]
+        assert test.split == "test"
+        val_ids = {row["id"] for row in selection[task].rows}
+        assert len(val_ids) == len(selection[task].rows)
+        assert not val_ids & {row["id"] for row in test.rows}
+        question = "question" if task.startswith("arc") else "question_stem"
+        shared = {row[question] for row in selection[task].rows} & {row[question] for row in test.rows}
+        assert len(shared) <= 2  # ARC-Challenge repeats two questions across its splits under other ids
+        assert set(selection[task].rows[0]) == set(test.rows[0])  # same hub schema as the test rows

