@@ -18,7 +18,7 @@ GRADIENT_METHODS = ["element1", "element2", "vector"]
 def test_report_matches_model(tiny_kind, calib_ids, method):
     model = build_tiny(tiny_kind)
     before = count_parameters(model)
-    result = prune(model, None, PruneConfig(ratio=0.25, method=method, progress=False), calibration_ids=calib_ids)
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method=method, progress=False), calibration_ids=calib_ids)
     params = result.report["parameters"]
     assert params["before"] == before and params["after"] == count_parameters(model)
     assert abs(params["achieved_ratio"] - 0.25) < 0.05
@@ -30,7 +30,7 @@ def test_report_matches_model(tiny_kind, calib_ids, method):
 
 def test_gradient_methods_keep_the_highest_scores(calib_ids):
     model = build_tiny("llama-gqa")
-    result = prune(model, None, PruneConfig(ratio=0.3, method="element2", progress=False), calibration_ids=calib_ids)
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, method="element2", progress=False), calibration_ids=calib_ids)
     for entry in result.report["layers"]:
         scores = torch.tensor(entry["mlp"]["scores"])
         kept = entry["mlp"]["kept"]
@@ -41,7 +41,7 @@ def test_deterministic_under_seed(calib_ids):
     reports = []
     for _ in range(2):
         model = build_tiny("mistral")
-        reports.append(prune(model, None, PruneConfig(ratio=0.3, method="element1", progress=False),
+        reports.append(prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, method="element1", progress=False),
                              calibration_ids=calib_ids).report)
     assert [e["mlp"]["kept"] for e in reports[0]["layers"]] == [e["mlp"]["kept"] for e in reports[1]["layers"]]
 
@@ -53,7 +53,7 @@ def _logits(model, ids):
 
 def test_uniform_save_reloads_with_from_pretrained(tmp_path, calib_ids, probe_ids):
     model = build_tiny("qwen2")
-    result = prune(model, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids)
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids)
     assert result.report["stock_config"]
     out = save_pruned(model, None, tmp_path / "out", result.report)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -64,7 +64,7 @@ def test_uniform_save_reloads_with_from_pretrained(tmp_path, calib_ids, probe_id
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_every_architecture_prunes_with_hywia_and_reloads(tmp_path, calib_ids, probe_ids, tiny_kind, allocation):
     model = build_tiny(tiny_kind)
-    config = PruneConfig(ratio=0.3, method="hywia", allocation=allocation, progress=False,
+    config = PruneConfig(reconstruct=False, ratio=0.3, method="hywia", allocation=allocation, progress=False,
                          method_options={"steps": 3})
     result = prune(model, None, config, calibration_ids=calib_ids)
     out = save_pruned(model, None, tmp_path / "out", result.report)
@@ -81,7 +81,7 @@ def test_every_architecture_prunes_with_hywia_and_reloads(tmp_path, calib_ids, p
 ])
 def test_non_uniform_save_reloads_with_load_pruned(tmp_path, calib_ids, probe_ids, kind, config):
     model = build_tiny(kind)
-    result = prune(model, None, PruneConfig(ratio=0.2, method="element1", progress=False, **config),
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.2, method="element1", progress=False, **config),
                    calibration_ids=calib_ids)
     assert not result.report["stock_config"]
     out = save_pruned(model, None, tmp_path / "out", result.report)
@@ -106,7 +106,7 @@ def test_load_model_reads_a_saved_folder(tmp_path, calib_ids, probe_ids):
     from conftest import tiny_tokenizer
 
     model = build_tiny("llama-gqa")
-    result = prune(model, None, PruneConfig(ratio=0.2, method="l2", allocation="global", progress=False))
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.2, method="l2", allocation="global", progress=False))
     out = save_pruned(model, tiny_tokenizer(), tmp_path / "out", result.report)
     loaded = load_model(str(out), dtype="float32")
     torch.testing.assert_close(_logits(loaded.model, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
@@ -128,7 +128,7 @@ def test_impossible_gqa_split():
 
 def test_round_to_that_cannot_fit(calib_ids):
     with pytest.raises(HywiaError, match="--round-to 64 cannot fit"):
-        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.2, method="l2", round_to=64, progress=False))
+        prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.2, method="l2", round_to=64, progress=False))
 
 
 def test_nan_gradients_are_reported(calib_ids):
@@ -136,12 +136,12 @@ def test_nan_gradients_are_reported(calib_ids):
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(HywiaError, match="NaN"):
-        prune(model, None, PruneConfig(ratio=0.2, method="element1", progress=False), calibration_ids=calib_ids)
+        prune(model, None, PruneConfig(reconstruct=False, ratio=0.2, method="element1", progress=False), calibration_ids=calib_ids)
 
 
 def test_ratio_zero_is_refused():
     with pytest.raises(HywiaError, match="--ratio"):
-        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.0, method="l2"))
+        prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.0, method="l2"))
 
 
 def test_ratio_of_the_non_embedding_parameters(calib_ids):
@@ -150,10 +150,10 @@ def test_ratio_of_the_non_embedding_parameters(calib_ids):
     model = build_tiny("llama-mha")
     total = sum(p.numel() for p in model.parameters())  # untied in this config
     outside = total - model.model.embed_tokens.weight.numel() - model.lm_head.weight.numel()
-    report = prune(model, None, PruneConfig(ratio=0.3, ratio_base="non-embedding", method="l2", progress=False)).report
+    report = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, ratio_base="non-embedding", method="l2", progress=False)).report
     removed = report["parameters"]["removed"]
     assert abs(removed / outside - 0.3) < 0.05
     assert report["parameters"]["achieved_ratio_non_embedding"] == pytest.approx(removed / outside)
     assert report["parameters"]["achieved_ratio"] == pytest.approx(removed / total)
     with pytest.raises(HywiaError, match="ratio-base"):
-        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.3, ratio_base="layers", method="l2", progress=False))
+        prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.3, ratio_base="layers", method="l2", progress=False))

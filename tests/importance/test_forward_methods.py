@@ -125,7 +125,7 @@ def kept_units(report):
 @pytest.mark.parametrize("allocation", ["uniform", GLOBAL_SCORE])
 def test_flap_pruned_equals_masked_dense_plus_compensation(kind, allocation):
     model = build_tiny(kind)
-    result = prune(model, None, PruneConfig(ratio=0.25, method="flap", allocation=allocation, progress=False),
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method="flap", allocation=allocation, progress=False),
                    calibration_ids=calib_ids())
     keep = kept_units(result.report)
     removed_any = {k for k, v in keep.items()
@@ -140,7 +140,7 @@ def test_flap_pruned_equals_masked_dense_plus_compensation(kind, allocation):
 
 def test_flap_without_compensation_equals_masked_dense():
     model = build_tiny("llama-gqa")
-    result = prune(model, None, PruneConfig(ratio=0.25, method="flap", progress=False,
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method="flap", progress=False,
                                             method_options={"compensate": False}), calibration_ids=calib_ids())
     reference = dense_reference("llama-gqa", kept_units(result.report), compensate=False)
     assert all(m.bias is None for name, m in model.named_modules() if name.endswith(("o_proj", "down_proj")))
@@ -151,7 +151,7 @@ def test_flap_without_compensation_equals_masked_dense():
 @pytest.mark.parametrize("kind", ["llama-mha", "qwen2"])
 def test_wanda_sp_keeps_highest_scores_uniformly(kind):
     model = build_tiny(kind)
-    result = prune(model, None, PruneConfig(ratio=0.2, method="wanda-sp", progress=False), calibration_ids=calib_ids())
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.2, method="wanda-sp", progress=False), calibration_ids=calib_ids())
     assert result.report["uniform_widths"]
     for entry in result.report["layers"]:
         for unit_kind in (ATTN, MLP):
@@ -175,7 +175,7 @@ def test_wanda_sp_keeps_highest_scores_uniformly(kind):
 ])
 def test_saved_flap_model_reloads_with_same_logits(tmp_path, kind, allocation, stock):
     model = build_tiny(kind)
-    result = prune(model, None, PruneConfig(ratio=0.25, method="flap", allocation=allocation, progress=False),
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method="flap", allocation=allocation, progress=False),
                    calibration_ids=calib_ids())
     out = save_pruned(model, None, tmp_path / "pruned", result.report)
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_saved_flap_model_reloads_with_same_logits(tmp_path, kind, allocation, s
 
 def test_load_model_routes_recorded_biases_to_load_pruned(tmp_path):
     model = build_tiny("qwen2")
-    result = prune(model, None, PruneConfig(ratio=0.25, method="flap", allocation="uniform", progress=False),
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method="flap", allocation="uniform", progress=False),
                    calibration_ids=calib_ids())
     from tiny_models import tiny_tokenizer
 

@@ -137,7 +137,7 @@ def test_deterministic_under_seed(calib_ids):
     kept = []
     for _ in range(2):
         model = build_tiny("llama-gqa")
-        report = prune(model, None, PruneConfig(ratio=0.3, progress=False, method_options={"steps": 4}),
+        report = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, progress=False, method_options={"steps": 4}),
                        calibration_ids=calib_ids).report
         kept.append(([e["mlp"]["kept"] for e in report["layers"]], report["method_details"]["alpha_fine"]))
     assert kept[0] == kept[1]
@@ -150,7 +150,7 @@ def test_deterministic_under_seed(calib_ids):
 ])
 def test_hywia_pruned_equals_masked_dense(calib_ids, probe_ids, options, allocation):
     model, reference = build_tiny("qwen2"), build_tiny("qwen2")
-    result = prune(model, None, PruneConfig(ratio=0.3, allocation=allocation, progress=False, method_options=options),
+    result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, allocation=allocation, progress=False, method_options=options),
                    calibration_ids=calib_ids)
     details = result.report["method_details"]
     assert len(details["loss_curve"]) == 3 and all(0 <= a <= 1 for a in details["alpha_fine"].values())
@@ -164,16 +164,17 @@ def test_hywia_pruned_equals_masked_dense(calib_ids, probe_ids, options, allocat
 
 def test_fixed_fine_only_blend_equals_element1(calib_ids):
     a, b = build_tiny("mistral"), build_tiny("mistral")
-    fine_only = prune(a, None, PruneConfig(ratio=0.3, progress=False, method_options={"fixed_alpha": 1.0}),
+    fine_only = prune(a, None, PruneConfig(reconstruct=False, ratio=0.3, allocation="uniform", progress=False,
+                                           method_options={"fixed_alpha": 1.0}),
                       calibration_ids=calib_ids).report
-    element1 = prune(b, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids).report
+    element1 = prune(b, None, PruneConfig(reconstruct=False, ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids).report
     assert [e["mlp"]["kept"] for e in fine_only["layers"]] == [e["mlp"]["kept"] for e in element1["layers"]]
 
 
 def test_bad_hywia_options():
     with pytest.raises(HywiaError, match="unknown HyWIA option"):
-        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.2, method_options={"stepz": 3}),
+        prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.2, method_options={"stepz": 3}),
               calibration_ids=torch.zeros(2, 8, dtype=torch.long))
     with pytest.raises(HywiaError, match="--hywia-blend"):
-        prune(build_tiny("llama-mha"), None, PruneConfig(ratio=0.2, method_options={"blend": "head"}),
+        prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.2, method_options={"blend": "head"}),
               calibration_ids=torch.zeros(2, 8, dtype=torch.long))

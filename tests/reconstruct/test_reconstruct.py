@@ -162,7 +162,7 @@ def test_reconstruction_lowers_the_output_error_of_every_projection(kind):
     assert checked >= 4
     # and the whole pruned model tracks the dense one more closely, layer after layer
     plain = build_tiny(kind)
-    prune(plain, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids())
+    prune(plain, None, PruneConfig(ratio=0.3, method="element1", reconstruct=False, progress=False), calibration_ids=calib_ids())
     dense_out = layer_outputs(original, calib_ids())
     for d, rec, raw in zip(dense_out, layer_outputs(model, calib_ids()), layer_outputs(plain, calib_ids())):
         assert (rec - d).norm() <= (raw - d).norm()
@@ -172,7 +172,7 @@ def test_reconstruction_lowers_the_output_error_of_every_projection(kind):
 def test_huge_damping_equals_no_reconstruction(kind):
     """(c) lambda -> inf leaves W_S unchanged: the same logits as plain removal."""
     plain = build_tiny(kind)
-    prune(plain, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids())
+    prune(plain, None, PruneConfig(ratio=0.3, method="element1", reconstruct=False, progress=False), calibration_ids=calib_ids())
     for damping in (1e12, float("inf")):
         model = build_tiny(kind)
         config = PruneConfig(ratio=0.3, method="element1", reconstruct=True, reconstruct_damping=damping,
@@ -233,7 +233,7 @@ def test_flap_bias_is_replaced_not_doubled(kind):
     """(e) with FLAP the intercept replaces FLAP's bias: at huge damping it IS FLAP's compensation (with the
     means of the pruned model's inputs), the same biases and parameter count as FLAP alone."""
     alone = build_tiny(kind)
-    flap = prune(alone, None, PruneConfig(ratio=0.3, method="flap", progress=False), calibration_ids=calib_ids())
+    flap = prune(alone, None, PruneConfig(ratio=0.3, method="flap", reconstruct=False, progress=False), calibration_ids=calib_ids())
     model = build_tiny(kind)
     original = copy.deepcopy(model)
     result = prune(model, None, PruneConfig(ratio=0.3, method="flap", reconstruct=True, reconstruct_damping=1e12,

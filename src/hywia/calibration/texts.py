@@ -22,7 +22,7 @@ import torch
 
 from ..errors import HywiaError
 
-DEFAULT_CALIBRATION = "lambada"
+DEFAULT_CALIBRATION = "mixed"  # chosen on validation data with reconstruction (BENCHMARKS.md, "Issue 10")
 DEFAULT_EVALUATION = "boolq-passages"
 HUB_TEXTS = {
     # name: (dataset, config, split, text column, joiner) -- joiners as LLM-Pruner / FLAP

@@ -39,12 +39,17 @@ def add_parser(sub) -> None:
                             "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
-    prune.add_argument("--min-width", type=float, default=0.0,
+    prune.add_argument("--uniform", dest="allocation", action="store_const", const="uniform",
+                       help="same widths in every pruned layer: a stock config that plain from_pretrained reloads "
+                            "(= --allocation uniform)")
+    prune.add_argument("--min-width", type=float, default=None,
                        help="every pruned layer keeps at least this fraction of its KV groups and MLP channels "
                             "(a floor for global / global-score, which may otherwise strip a layer almost bare; "
-                            "default 0: one KV group and one --round-to step)")
-    prune.add_argument("--calib", default=None, help="calibration text: file (txt/jsonl), lambada (default), wikitext2-train")
-    prune.add_argument("--calib-samples", type=int, default=10)
+                            "default: the method's, 0.1 for hywia, 0 otherwise: one KV group and one --round-to step)")
+    prune.add_argument("--calib", default=None,
+                       help="calibration text: mixed (default: LAMBADA + SQuAD/CoQA/DROP passages), lambada, a file "
+                            "(txt/jsonl), wikitext2-train")
+    prune.add_argument("--calib-samples", type=int, default=128)
     prune.add_argument("--calib-len", type=int, default=128)
     prune.add_argument("--seed", type=int, default=42)
     prune.add_argument("--batch-size", type=int, default=4, help="calibration batch size for gradients")

@@ -60,6 +60,7 @@ class MethodSpec:
     description: str
     scorer: Scorer
     default_allocation: str = "uniform"  # used when the user does not choose one
+    default_min_width: float = 0.0  # per-layer floor used when the user does not choose one
 
 
 METHODS: dict[str, MethodSpec] = {}
