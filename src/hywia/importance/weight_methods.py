@@ -24,32 +24,25 @@ def member_key(member) -> str:
     return f"{member.module}.{member.param}"
 
 
-def unit_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Unit views of the group's coupled tensors: the weights, or the matching entries of ``source``."""
+def unit_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Tensor] | None = None,
+               view=unit_view) -> list[torch.Tensor]:
+    """Views of the group's coupled tensors -- the weights, or the matching entries of ``source`` --
+    shaped by ``view``: ``unit_view`` ([units, elements]) or ``row_view`` ([units, rows, row length])."""
     views = []
     for member in group_set.members:
         tensor = get_tensor(model, member) if source is None else source[member_key(member)]
-        views.append(unit_view(tensor.detach(), member.dim, group_set.num_units))
-    return views
-
-
-def row_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Like ``unit_views`` but ``[num_units, rows_per_unit, row_length]`` (``groups.row_view``)."""
-    views = []
-    for member in group_set.members:
-        tensor = get_tensor(model, member) if source is None else source[member_key(member)]
-        views.append(row_view(tensor.detach(), member.dim, group_set.num_units))
+        views.append(view(tensor.detach(), member.dim, group_set.num_units))
     return views
 
 
 def saliencies(model: nn.Module, group_set: GroupSet, stats: GradientStats, second_order: bool) -> list[torch.Tensor]:
     """Per-member element saliency s as row views ``[units, rows_per_unit, row_length]``."""
-    weights = row_views(model, group_set)
-    grads = row_views(model, group_set, stats.grad)
+    weights = unit_views(model, group_set, view=row_view)
+    grads = unit_views(model, group_set, stats.grad, view=row_view)
     if second_order:
         if stats.fisher is None:
             raise HywiaError("second-order importance needs the Fisher diagonal (collect with with_fisher=True)")
-        fishers = row_views(model, group_set, stats.fisher)
+        fishers = unit_views(model, group_set, stats.fisher, view=row_view)
         return [element_saliency(w, g.to(w.device), f.to(w.device)) for w, g, f in zip(weights, grads, fishers)]
     return [element_saliency(w, g.to(w.device)) for w, g in zip(weights, grads)]
 
