@@ -68,6 +68,18 @@ def build_from_config(config, seed: int = 0, attn: str | None = None):
     return model.eval()
 
 
+def count_unique_storage(model) -> int:
+    """Parameters counted independently of hywia's count_parameters: the numel of the state dict's tensors,
+    each storage once (tied embeddings share one); rotary buffers are not persistent, so not counted."""
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
+    return total
+
+
 def build_tiny(kind: str, seed: int = 0):
     return build_from_config(tiny_config(kind), seed)
 

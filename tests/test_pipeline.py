@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig
 
-from conftest import build_tiny
-from hywia import HywiaError, PruneConfig, count_parameters, load_model, load_pruned, prune, save_pruned
+from conftest import build_tiny, count_unique_storage
+from hywia import HywiaError, PruneConfig, load_model, load_pruned, prune, save_pruned
 from hywia.models.adapters import get_adapter
 from hywia.models.io import REPORT_NAME
 
@@ -17,10 +17,10 @@ GRADIENT_METHODS = ["element1", "element2", "vector"]
 @pytest.mark.parametrize("method", ["random", "l1", "l2", *GRADIENT_METHODS])
 def test_report_matches_model(tiny_kind, calib_ids, method):
     model = build_tiny(tiny_kind)
-    before = count_parameters(model)
+    before = count_unique_storage(model)
     result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.25, method=method, progress=False), calibration_ids=calib_ids)
     params = result.report["parameters"]
-    assert params["before"] == before and params["after"] == count_parameters(model)
+    assert params["before"] == before and params["after"] == count_unique_storage(model)
     assert abs(params["achieved_ratio"] - 0.25) < 0.05
     for entry in result.report["layers"]:
         assert len(entry["attn"]["kept"]) == entry["after"]["num_kv_heads"]
@@ -58,7 +58,7 @@ def test_uniform_save_reloads_with_from_pretrained(tmp_path, calib_ids, probe_id
     out = save_pruned(model, None, tmp_path / "out", result.report)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
-    assert count_parameters(reloaded) == json.loads((out / REPORT_NAME).read_text())["parameters"]["after"]
+    assert count_unique_storage(reloaded) == json.loads((out / REPORT_NAME).read_text())["parameters"]["after"]
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -71,7 +71,7 @@ def test_every_architecture_prunes_with_hywia_and_reloads(tmp_path, calib_ids, p
     reloaded = (AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval() if result.report["stock_config"]
                 else load_pruned(out))
     torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
-    assert count_parameters(reloaded) == result.report["parameters"]["after"] < result.report["parameters"]["before"]
+    assert count_unique_storage(reloaded) == result.report["parameters"]["after"] < result.report["parameters"]["before"]
     assert result.report["stock_config"] == (allocation == "uniform")
 
 
@@ -87,7 +87,7 @@ def test_non_uniform_save_reloads_with_load_pruned(tmp_path, calib_ids, probe_id
     out = save_pruned(model, None, tmp_path / "out", result.report)
     reloaded = load_pruned(out)
     torch.testing.assert_close(_logits(reloaded, probe_ids), _logits(model, probe_ids), atol=0, rtol=0)
-    assert count_parameters(reloaded) == result.report["parameters"]["after"]
+    assert count_unique_storage(reloaded) == result.report["parameters"]["after"]
 
 
 def test_head_count_that_stock_config_rejects_falls_back_to_load_pruned(tmp_path, probe_ids):

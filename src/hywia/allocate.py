@@ -31,15 +31,29 @@ class UnitBudget:
     step: int  # kept counts are multiples of this (round_to for MLP channels, 1 for KV groups)
 
 
+# An achieved ratio further than this (a fraction of ALL parameters) from the request is reported: a
+# warning and ``parameters.allocation_note`` in the report, or a refusal with ``--strict``.
+TARGET_TOLERANCE = 0.005
+
+
 @dataclass
 class Allocation:
     keep_counts: dict[tuple[int, str], int]
     removed_params: int
     total_params: int
+    target_params: int | None = None  # what was asked for (round(ratio * total))
+    constraint: str = ""  # what limits how close the allocation can get (for the note)
 
     @property
     def ratio(self) -> float:
         return self.removed_params / self.total_params
+
+    def note(self, tolerance: float = TARGET_TOLERANCE) -> str | None:
+        """One line when the achieved ratio is further than ``tolerance`` from the request, else None."""
+        if self.target_params is None or abs(self.removed_params - self.target_params) <= tolerance * self.total_params:
+            return None
+        return (f"removed {self.ratio:.2%} of the parameters instead of the {self.target_params / self.total_params:.2%} "
+                f"asked for: the closest achievable with {self.constraint}")
 
 
 def check_ratio(ratio: float) -> None:
@@ -48,7 +62,8 @@ def check_ratio(ratio: float) -> None:
 
 
 def parse_layer_range(spec: str | None, num_layers: int) -> list[int]:
-    """``"A:B"`` selects layers A..B-1 like a Python slice (negative ends count from the last layer)."""
+    """``"A:B"`` selects layers A..B-1 like a Python slice (negative ends count from the last layer); an end
+    beyond the model (``0:999`` on 30 layers) is refused, not clipped."""
     if spec is None or spec == "":
         return list(range(num_layers))
     try:
@@ -57,6 +72,9 @@ def parse_layer_range(spec: str | None, num_layers: int) -> list[int]:
         end = int(end_text) if end_text.strip() else num_layers
     except ValueError:
         raise HywiaError(f"--layers must look like A:B (e.g. 4:28), got {spec!r}") from None
+    if not (-num_layers <= start <= num_layers and -num_layers <= end <= num_layers):
+        raise HywiaError(f"--layers {spec} is outside the model: it has {num_layers} layers "
+                         f"(0..{num_layers - 1}; e.g. --layers 0:{num_layers})")
     layers = list(range(num_layers))[start:end]
     if not layers:
         raise HywiaError(f"--layers {spec} selects no layer of a model with {num_layers} layers")
@@ -103,40 +121,58 @@ def check_feasible(budgets: list[UnitBudget], ratio: float, total: int) -> None:
         )
 
 
-def allocate_uniform(budgets: list[UnitBudget], ratio: float, total_params: int) -> Allocation:
-    """Same keep counts in every pruned layer.
+def _constraint(budgets: list[UnitBudget]) -> str:
+    mlp = [b for b in budgets if b.key[1] == MLP]
+    attn = [b for b in budgets if b.key[1] == ATTN]
+    parts = [f"{len(mlp)} pruned layers"]
+    if attn:
+        parts.append(f"whole KV groups ({attn[0].num_units} per layer, at least {min(b.min_keep for b in attn)} kept)")
+    if mlp:
+        step = mlp[0].step
+        parts.append(f"MLP widths in steps of {step} (--round-to), at least {min(b.min_keep for b in mlp)} kept")
+    return ", ".join(parts)
 
-    The attention keeps ``round(n_kv * (1 - p))`` KV groups where ``p`` is the fraction that, applied to
-    heads and channels alike, would hit the target; the MLP width then absorbs the remainder so that the
-    achieved ratio is as close to the target as the MLP step allows. Among the KV-group counts whose
-    result is that close, the one removing the most similar fraction of heads and channels wins.
+
+def allocate_uniform(budgets: list[UnitBudget], ratio: float, total_params: int) -> Allocation:
+    """Same keep counts in every pruned layer, the achieved ratio the closest achievable to the target.
+
+    Every KV-group count from the floor up is tried with the MLP width (a multiple of the step, within
+    the floor) closest to the remainder of the target. The candidate removing the closest number of
+    parameters wins; candidates within one MLP channel per pruned layer of the closest (the finest
+    resolution of a uniform layout, whatever the step) count as tied, and among them the one removing the
+    most similar fraction of heads and channels wins.
     """
     check_feasible(budgets, ratio, total_params)
     target = round(ratio * total_params)
     attn = [b for b in budgets if b.key[1] == ATTN]
     mlp = [b for b in budgets if b.key[1] == MLP]
     for group in (attn, mlp):
-        if len({(b.num_units, b.params_per_unit) for b in group}) > 1:
+        if len({(b.num_units, b.params_per_unit, b.min_keep, b.step) for b in group}) > 1:
             raise HywiaError("the selected layers have different widths already; use --allocation global")
     n_attn, c_attn = (attn[0].num_units, attn[0].params_per_unit) if attn else (0, 0)
     n_mlp, c_mlp = mlp[0].num_units, mlp[0].params_per_unit
-    step = mlp[0].step
+    step, mlp_floor = mlp[0].step, mlp[0].min_keep
+    mlp_ceiling = (n_mlp // step) * step  # kept widths are multiples of the step
     layers_attn, layers_mlp = len(attn), len(mlp)
 
     candidates = []
     for keep_attn in range(attn[0].min_keep, n_attn + 1) if attn else [0]:
         attn_removed = (n_attn - keep_attn) * c_attn * layers_attn
-        per_layer = (target - attn_removed) / (c_mlp * layers_mlp)
-        keep_mlp = round((n_mlp - per_layer) / step) * step
-        keep_mlp = min(max(keep_mlp, mlp[0].min_keep), n_mlp - (n_mlp % step) if n_mlp % step else n_mlp)
-        removed = attn_removed + (n_mlp - keep_mlp) * c_mlp * layers_mlp
-        frac_attn = (n_attn - keep_attn) / n_attn if attn else 0.0
-        frac_mlp = (n_mlp - keep_mlp) / n_mlp
-        error_bucket = round(abs(removed - target) / (step * c_mlp * layers_mlp))
-        candidates.append((error_bucket, abs(frac_attn - frac_mlp), keep_attn, keep_mlp, removed))
-    _, _, keep_attn, keep_mlp, removed = min(candidates)
+        ideal_keep = n_mlp - (target - attn_removed) / (c_mlp * layers_mlp)
+        below = math.floor(ideal_keep / step) * step
+        options = []
+        for keep_mlp in sorted({min(max(k, mlp_floor), mlp_ceiling) for k in (below, below + step)}):
+            removed = attn_removed + (n_mlp - keep_mlp) * c_mlp * layers_mlp
+            frac_attn = (n_attn - keep_attn) / n_attn if attn else 0.0
+            frac_mlp = (n_mlp - keep_mlp) / n_mlp
+            options.append((abs(removed - target), abs(frac_attn - frac_mlp), keep_attn, keep_mlp, removed))
+        candidates.append(min(options))  # the closest MLP width for this KV-group count
+    closest = min(c[0] for c in candidates)
+    resolution = c_mlp * layers_mlp
+    tied = [c for c in candidates if c[0] <= closest + resolution]
+    _, _, keep_attn, keep_mlp, removed = min(tied, key=lambda c: (c[1], c[0], c[2]))
     counts = {b.key: (keep_attn if b.key[1] == ATTN else keep_mlp) for b in budgets}
-    return Allocation(counts, removed, total_params)
+    return Allocation(counts, removed, total_params, target, _constraint(budgets))
 
 
 def allocate_global(
@@ -155,7 +191,10 @@ def allocate_global(
 
     With ``per_parameter=False`` (allocation ``global-score``, FLAP's rule) units are ranked by their
     score alone, whatever their size -- right for standardised scores, which may be negative and carry
-    no unit of "importance per weight" -- and removed lowest first until the parameter target is met.
+    no unit of "importance per weight" -- and removed lowest first.
+
+    The removal stops at the chunk boundary closest to the target: before the chunk that crosses it or
+    after, whichever lands closer (never below a layer's floor: chunks stop there).
     """
     check_feasible(budgets, ratio, total_params)
     target = round(ratio * total_params)
@@ -175,9 +214,11 @@ def allocate_global(
     for _, key, units, params in chunks:
         if removed >= target:
             break
+        if target - removed < removed + params - target:  # stopping short lands closer than overshooting
+            break
         keep[key] -= units
         removed += params
-    return Allocation(keep, removed, total_params)
+    return Allocation(keep, removed, total_params, target, _constraint(budgets))
 
 
 def allocate_scored(

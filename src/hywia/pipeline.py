@@ -66,6 +66,9 @@ class PruneConfig:
     reconstruct_damping: float = 0.1
     reconstruct_samples: int | None = None  # None: reuse the scoring calibration samples
     reconstruct_seq_len: int | None = None  # None: the scoring calibration length
+    # The allocation gets as close to the ratio as the constraints allow; further than
+    # allocate.TARGET_TOLERANCE is a note in the report (and a warning), or with strict an error.
+    strict: bool = False
 
     def validate(self) -> None:
         check_ratio(self.ratio)
@@ -89,6 +92,42 @@ class PruneConfig:
         return asdict(self)
 
 
+GRADIENT_NEEDS = ("grad", "fisher")
+
+
+def check_dtype(method: str, dtype: torch.dtype) -> None:
+    """Gradient methods refuse float16: per-weight products w * g underflow and the loss scale overflows
+    in half precision (no loss scaling here), so scores would be silently wrong."""
+    if dtype == torch.float16 and check_method(method).needs in GRADIENT_NEEDS:
+        raise HywiaError(f"--method {method} needs gradients, which float16 cannot hold reliably; "
+                         f"use --dtype bfloat16 or float32")
+
+
+def check_plan(model: nn.Module, config: PruneConfig) -> None:
+    """The checks ``prune`` makes before any work -- layer range, feasibility, and for uniform widths the
+    allocation itself (``--strict``) -- on a model whose shapes alone matter (e.g. one on the meta device,
+    so that a bad request fails before the weights are loaded)."""
+    config.validate()
+    adapter = get_adapter(model)
+    layers = parse_layer_range(config.layers, adapter.num_layers)
+    group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
+    total = count_parameters(model)
+    target_ratio = config.ratio
+    if config.ratio_base == "non-embedding":
+        target_ratio = config.ratio * (total - count_embedding_parameters(model)) / total
+    budgets = budgets_for(group_sets, {gs.key: gs.params_per_unit(model) for gs in group_sets}, config.round_to,
+                          config.min_width)
+    check_feasible(budgets, target_ratio, total)
+    if config.allocation == UNIFORM:
+        _check_strict(allocate_uniform(budgets, target_ratio, total), config)
+
+
+def _check_strict(allocation, config: PruneConfig) -> None:
+    note = allocation.note()
+    if note and config.strict:
+        raise HywiaError(f"{note} (--strict)")
+
+
 @dataclass
 class PruneResult:
     model: nn.Module
@@ -107,6 +146,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     config.validate()
     started = time.perf_counter()
     adapter = get_adapter(model)
+    for dtype in {p.dtype for p in model.parameters()}:
+        check_dtype(config.method, dtype)
     layers = parse_layer_range(config.layers, adapter.num_layers)
     widths_before = adapter.all_widths()
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
@@ -121,6 +162,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     # Fail on an impossible request before any expensive work.
     check_feasible(budgets, target_ratio, params_before)
     allocation = allocate_uniform(budgets, target_ratio, params_before) if config.allocation == UNIFORM else None
+    if allocation is not None:
+        _check_strict(allocation, config)
 
     def draw_samples(num_samples: int, seq_len: int) -> torch.Tensor:
         if tokenizer is None:
@@ -155,6 +198,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     scored = score(config.method, context)
     if allocation is None:
         allocation = allocate_scored(config.allocation, budgets, scored.scores, target_ratio, params_before)
+        _check_strict(allocation, config)
 
     keep = {key: top_units(scored.scores[key], count) for key, count in allocation.keep_counts.items()}
     with_bias = config.reconstruct and claim_bias_compensation(scored)  # the intercept replaces FLAP's bias
@@ -191,6 +235,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     )
     report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
     report["parameters"]["embedding"] = embedding_params
+    report["parameters"]["allocation_note"] = allocation.note()
     report["parameters"]["achieved_ratio_non_embedding"] = (params_before - params_after) / (params_before - embedding_params)
     report["reconstruction"] = None if rebuilt is None else {
         "damping": config.reconstruct_damping, "samples": list(rec_samples.shape),

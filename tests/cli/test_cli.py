@@ -72,7 +72,8 @@ def test_output_next_to_a_single_file_model_is_allowed_but_not_over_it(tmp_path)
     (["--ratio", "0"], "--ratio must be"),
     (["--ratio", "0.2", "--model", "./no/such/model"], "model not found"),
     (["--ratio", "0.2", "--calib", "/no/such/file.txt"], "neither a file"),
-    (["--ratio", "0.2", "--layers", "5:9"], "--layers 5:9 selects no layer"),
+    (["--ratio", "0.2", "--layers", "2:1"], "--layers 2:1 selects no layer"),
+    (["--ratio", "0.2", "--layers", "5:9"], "--layers 5:9 is outside the model: it has 3 layers"),
     (["--ratio", "0.2", "--round-to", "0"], "--round-to must be"),
     (["--ratio", "0.95", "--layers", "1:2"], "cannot remove 95.0%"),
 ])

@@ -1,5 +1,6 @@
 """Analytic MAC count vs torch's FlopCounterMode, and the throughput / memory measurement."""
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,8 +29,27 @@ def test_measure_and_table():
     config = SpeedConfig(prompt_len=8, new_tokens=3, batch_sizes=[1, 2], repeats=2, warmup=1)
     result = measure(model, config)
     assert set(result["runs"]) == {"1", "2"}
-    assert all(run["decode_tokens_per_s"] > 0 and run["prefill_tokens_per_s"] > 0 for run in result["runs"].values())
+    for batch, run in result["runs"].items():  # the rates are the tokens over the times reported with them
+        assert run["prefill_tokens_per_s"] * run["prefill_s"] == pytest.approx(int(batch) * 8)
+        assert run["decode_tokens_per_s"] * run["decode_s"] == pytest.approx(int(batch) * 3)
     entry = {"label": "dense", "model": "tiny", "device": "cpu", "dtype": "float32", "parameters": 1000,
              "weight_bytes": 4000, "macs": count_macs(model, 8), **result}
     table = speed_table([entry, {**entry, "label": "pruned", "parameters": 800}])
     assert "(0.80x)" in table and "decode tok/s b=2" in table
+
+
+def test_measure_takes_the_median_of_the_timed_runs_only(monkeypatch):
+    """A scripted clock: warm-up runs are slow and must not count; the median of the timed repeats does."""
+    from tiny import tiny_llama
+
+    import hywia.evaluate.speed as speed
+
+    script = iter([(9.0, 90.0),  # warm-up: ignored
+                   (0.4, 4.0), (0.1, 1.0), (0.2, 2.0),  # timed: medians 0.2 s / 2.0 s
+                   (7.0, 70.0)])  # the untimed memory run
+    monkeypatch.setattr(speed, "_prefill_then_decode", lambda model, ids, new_tokens: next(script))
+    config = SpeedConfig(prompt_len=8, new_tokens=5, batch_sizes=[4], repeats=3, warmup=1)
+    run = speed.measure(tiny_llama(), config)["runs"]["4"]
+    assert (run["prefill_s"], run["decode_s"]) == (0.2, 2.0)
+    assert run["prefill_tokens_per_s"] == pytest.approx(4 * 8 / 0.2)
+    assert run["decode_tokens_per_s"] == pytest.approx(4 * 5 / 2.0)

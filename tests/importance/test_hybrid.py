@@ -153,7 +153,8 @@ def test_hywia_pruned_equals_masked_dense(calib_ids, probe_ids, options, allocat
     result = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, allocation=allocation, progress=False, method_options=options),
                    calibration_ids=calib_ids)
     details = result.report["method_details"]
-    assert len(details["loss_curve"]) == 3 and all(0 <= a <= 1 for a in details["alpha_fine"].values())
+    # learning happened: three steps move the blend off its 0.5 / 0.5 start (a softmax is always in [0, 1])
+    assert len(details["loss_curve"]) == 3 and any(abs(a - 0.5) > 1e-4 for a in details["alpha_fine"].values())
     keep = {(e["layer"], kind): torch.tensor(e[kind]["kept"]) for e in result.report["layers"] for kind in ("attn", "mlp")}
     zero_removed(reference, get_adapter(reference), keep)
     with torch.no_grad():

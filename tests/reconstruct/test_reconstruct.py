@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_text
+from conftest import count_unique_storage, tiny_text
 from tiny_models import KINDS, build_tiny, tiny_tokenizer, token_ids
-from hywia import PruneConfig, count_parameters, load_pruned, prune, save_pruned
+from hywia import PruneConfig, load_pruned, prune, save_pruned
 from hywia.cli import main
 from hywia.models.adapters import get_adapter
 from hywia.models.groups import ATTN, MLP
@@ -88,7 +88,7 @@ def test_surgery_is_exact_after_reconstruction(kind):
     torch.testing.assert_close(logits(model, probe_ids()), logits(reference, probe_ids()), atol=1e-5, rtol=1e-5)
     rec = result.report["reconstruction"]
     assert rec["intercepts"] == 0 and rec["bias_parameters_added"] == 0  # no new parameters by default
-    assert result.report["parameters"]["after"] == count_parameters(model)
+    assert result.report["parameters"]["after"] == count_unique_storage(model)
 
 
 def test_surgery_is_exact_with_per_layer_widths_and_a_gradient_method():
@@ -201,7 +201,7 @@ def test_save_and_reload_gives_identical_logits(tmp_path, kind, method, allocati
                 if report["reload_with"] == "AutoModelForCausalLM.from_pretrained" else load_pruned(out))
     torch.testing.assert_close(logits(reloaded, probe_ids()), logits(model, probe_ids()), atol=0, rtol=0)
     saved = json.loads((out / "hywia_report.json").read_text())
-    assert count_parameters(reloaded) == saved["parameters"]["after"] == count_parameters(model)
+    assert count_unique_storage(reloaded) == saved["parameters"]["after"] == count_unique_storage(model)
     assert saved["reconstruction"]["projections_refitted"] > 0
     assert (saved["reconstruction"]["intercepts"] > 0) == (method == "flap")
 
@@ -244,7 +244,7 @@ def test_flap_bias_is_replaced_not_doubled(kind):
     assert details["bias_compensation"] == "reconstruction intercept" and "bias_parameters_added" not in details
     added = result.report["reconstruction"]["bias_parameters_added"]
     assert added == flap.report["method_details"]["bias_parameters_added"] > 0
-    assert result.report["parameters"]["after"] == flap.report["parameters"]["after"] == count_parameters(model)
+    assert result.report["parameters"]["after"] == flap.report["parameters"]["after"] == count_unique_storage(model)
     # the first pruned projection sees the same inputs in both (nothing before it changed): the same bias, not twice it
     adapter = get_adapter(model)
     dense_adapter = get_adapter(original)
@@ -272,12 +272,12 @@ def test_existing_output_bias_gets_an_intercept_without_new_parameters():
 
     config = LlamaConfig(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True, **COMMON)
     model = build_from_config(config)
-    before = count_parameters(model)
+    before = count_unique_storage(model)
     result = prune(model, None, PruneConfig(ratio=0.3, method="element1", reconstruct=True, progress=False),
                    calibration_ids=calib_ids())
     rec = result.report["reconstruction"]
     assert rec["intercepts"] == rec["projections_refitted"] > 0 and rec["bias_parameters_added"] == 0
-    assert result.report["parameters"]["removed"] == before - count_parameters(model)
+    assert result.report["parameters"]["removed"] == before - count_unique_storage(model)
 
 
 def test_data_free_method_gets_calibration_samples(tmp_path):

@@ -263,3 +263,20 @@ def held_out_ids(tokenizer, text: str, max_tokens: int) -> torch.Tensor:
     """Up to ``max_tokens`` tokens from the part of a calibration text that calibration never samples."""
     ids = tokenize(tokenizer, text)
     return ids[int(len(ids) * CALIBRATION_SHARE) :][:max_tokens]
+
+
+def recovery_passages() -> list[str]:
+    """The SQuAD, CoQA and DROP passages (MIXED_SOURCES), interleaved round robin, de-duplicated.
+
+    The offline default text of ``hywia recover``: disjoint from the evaluation text (BoolQ passages)
+    and from the selection text (held-out LAMBADA), and no multiple-choice task's text. Calibration's
+    ``mixed`` pool also holds these passages, so recovery is not disjoint from calibration text (as in
+    LLM-Pruner, whose calibration and recovery texts are both generic).
+    """
+    sources = [_reading_passages(f, k) for f, k in MIXED_SOURCES.items()]
+    seen: dict[str, None] = {}
+    for i in range(max(len(s) for s in sources)):
+        for source in sources:
+            if i < len(source) and source[i]:
+                seen.setdefault(source[i], None)
+    return list(seen)

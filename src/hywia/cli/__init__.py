@@ -1,4 +1,4 @@
-"""Command line: ``hywia prune``, ``hywia eval``, ``hywia report`` and ``hywia bench-speed``.
+"""Command line: ``hywia prune``, ``hywia recover``, ``hywia eval``, ``hywia report`` and ``hywia bench-speed``.
 
 Each subcommand lives in its own module with ``add_parser(sub)`` and ``run(args)``; errors the user can
 fix arrive as ``HywiaError`` and are printed as one line (exit code 2).
@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from ..errors import HywiaError
-from . import bench_speed, evaluate, prune, report
+from . import bench_speed, evaluate, prune, recover, report
 
-SUBCOMMANDS = {"prune": prune, "eval": evaluate, "report": report, "bench-speed": bench_speed}
+SUBCOMMANDS = {"prune": prune, "recover": recover, "eval": evaluate, "report": report, "bench-speed": bench_speed}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,37 @@ def add_model_args(parser: argparse.ArgumentParser, help_text: str = DEFAULT_MOD
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (spread over all GPUs)")
 
 
+def check_source(spec: str | None):
+    """Check the model source before any weight is loaded; returns ``(SourceInfo or None, offline reason)``.
+
+    A folder or ``.gguf`` file is inspected (config, architecture, weight headers); a hub id gets one
+    quick probe of the hub (or HF_HUB_OFFLINE), so that an unreachable hub fails at once, not after retries.
+    """
+    from pathlib import Path
+
+    from ..calibration import hub
+    from ..errors import HywiaError
+    from ..models.checks import inspect_source
+    from ..models.io import _looks_local, default_model_path, hub_offline_by_environment
+
+    path = default_model_path() if spec is None else Path(spec).expanduser()
+    if path.exists():
+        return inspect_source(path), None
+    if _looks_local(spec):
+        raise HywiaError(f"model not found: {spec}")
+    return None, hub_offline_by_environment() or (None if hub.hub_reachable() else "hub not reachable")
+
+
+def quiet_libraries() -> None:
+    """--quiet: no progress bars from transformers / huggingface_hub either (loading and writing weights)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def add_eval_args(parser: argparse.ArgumentParser, text_flag: str, default_text: str) -> None:
     parser.add_argument(text_flag, default=None, dest="eval_text",
                         help="perplexity texts, comma separated: files, boolq-passages (local), wikitext2 (test) "

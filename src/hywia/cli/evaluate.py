@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .common import add_eval_args, add_model_args, describe_model, describe_ppl, eval_texts, perplexities
+from .common import (add_eval_args, add_model_args, check_source, describe_model, describe_ppl, eval_texts,
+                     perplexities, quiet_libraries)
 
 
 def add_parser(sub) -> None:
@@ -14,6 +16,9 @@ def add_parser(sub) -> None:
     add_model_args(evaluate)
     add_eval_args(evaluate, "--text", "paper")
     evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--results", default=None, metavar="DIR",
+                          help="save results.json / results.md in DIR (default: DIR/eval of a model folder; a .gguf "
+                               "file or hub id saves nothing without it)")
     _add_zeroshot_args(evaluate)
 
 
@@ -33,9 +38,15 @@ def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..errors import HywiaError
     from ..models.io import load_model
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.results and Path(args.results).exists() and not Path(args.results).is_dir():
+        raise HywiaError(f"--results {args.results} exists and is not a folder")
+    if args.quiet:
+        quiet_libraries()
+    _, offline = check_source(args.model)  # config, architecture, weight files: before any weight is read
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline)
     texts = [] if args.tasks and args.no_ppl else eval_texts(args, "paper")
     results = perplexities(loaded.model, loaded.tokenizer, args, texts)
     print(describe_model(loaded))
@@ -43,7 +54,7 @@ def run(args) -> int:
         print(describe_ppl("", result).strip())
         print(json.dumps(result))
     zeroshot = _zeroshot(loaded, args) if args.tasks else None
-    _save_results(loaded, results, zeroshot)
+    _save_results(loaded, results, zeroshot, args.results)
     return 0
 
 
@@ -60,15 +71,35 @@ def _zeroshot(loaded, args) -> dict:
     return result
 
 
-def _save_results(loaded, perplexity_results: list[dict], zeroshot: dict | None) -> None:
+def _save_results(loaded, perplexity_results: list[dict], zeroshot: dict | None, results_dir: str | None) -> None:
     from ..models import count_parameters
-    from ..evaluate.results import load_results, merge_results, save_results
+    from ..evaluate.results import EVAL_FOLDER, load_results_in, merge_results, save_results_in
 
-    if loaded.local_path is None or not loaded.local_path.is_dir():
-        print("results not saved (the model is not a local folder)")
+    if results_dir is not None:
+        folder = Path(results_dir).expanduser()
+    elif loaded.local_path is not None and loaded.local_path.is_dir():
+        folder = loaded.local_path / EVAL_FOLDER
+    else:
+        print("results not saved: the model is not a local folder; pass --results DIR to save them")
         return
     command = "hywia " + " ".join(sys.argv[1:])
-    merged = merge_results(load_results(loaded.local_path), model=loaded.source,
+    merged = merge_results(load_results_in(folder), model=loaded.source,
                            parameters=count_parameters(loaded.model), perplexities=perplexity_results,
                            zeroshot=zeroshot, command=command)
-    print(f"results saved to {save_results(loaded.local_path, merged)}")
+    print(f"results saved to {save_results_in(folder, merged)}")
+    if loaded.local_path is not None and folder == loaded.local_path / EVAL_FOLDER:
+        _refresh_card(loaded.local_path)
+
+
+def _refresh_card(model_dir) -> None:
+    """Rewrite a hywia model card (README.md) so that it lists the results just stored; a README that
+    hywia did not write is left alone."""
+    from ..models.card import CARD_NAME, write_model_card
+    from ..models.io import REPORT_NAME
+
+    card, report = model_dir / CARD_NAME, model_dir / REPORT_NAME
+    if report.is_file() and (not card.exists() or "- hywia\n" in card.read_text(errors="replace")):
+        try:
+            write_model_card(model_dir, json.loads(report.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"hywia: note: model card not updated ({type(error).__name__}: {error})", file=sys.stderr)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import HywiaError
-from .common import add_eval_args, add_model_args, describe_model, describe_ppl, eval_texts, perplexities
+from .common import (add_eval_args, add_model_args, check_source, describe_model, describe_ppl, eval_texts,
+                     perplexities, quiet_libraries)
 
 HYWIA_OPTION_HELP = {
     "fine": "fine-grained saliency: element1 or element2",
@@ -39,6 +40,9 @@ def add_parser(sub) -> None:
                             "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
+    prune.add_argument("--strict", action="store_true",
+                       help="refuse when the closest achievable ratio is further than 0.5 points of all parameters "
+                            "from --ratio (default: warn and record it in the report)")
     prune.add_argument("--uniform", dest="allocation", action="store_const", const="uniform",
                        help="same widths in every pruned layer: a stock config that plain from_pretrained reloads "
                             "(= --allocation uniform)")
@@ -55,6 +59,9 @@ def add_parser(sub) -> None:
     prune.add_argument("--batch-size", type=int, default=4, help="calibration batch size for gradients")
     prune.add_argument("--out", default=None, help="output folder (nothing is saved without it)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--recover", action="store_true",
+                       help="then run `hywia recover` with its defaults on OUT (LoRA, distillation from this dense "
+                            "model, offline reading passages) and save the recovered model to OUT-recovered")
     prune.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
     add_eval_args(prune, "--eval-text", "boolq-passages")
@@ -123,22 +130,34 @@ def _plot_writer(report: dict):
 
 
 def run(args) -> int:
-    from ..models.io import check_output_path, load_model, save_pruned
-    from ..pipeline import PruneConfig, prune
+    from ..allocate import parse_layer_range
+    from ..models.io import check_output_path, load_model, resolve_dtype, save_pruned
+    from ..pipeline import PruneConfig, check_dtype, check_plan, prune
     from ..report import layer_table, markdown, summary
 
     config = PruneConfig(
         ratio=args.ratio, ratio_base=args.ratio_base, method=args.method, allocation=args.allocation, layers=args.layers,
         round_to=args.round_to, min_width=args.min_width, calibration=args.calib, num_samples=args.calib_samples,
         seq_len=args.calib_len, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-        method_options=_hywia_options(args) if args.method == "hywia" else {}, **_reconstruct_options(args),
+        method_options=_hywia_options(args) if args.method == "hywia" else {}, strict=args.strict,
+        **_reconstruct_options(args),
     )
     if args.method != "hywia" and _hywia_options(args):
         raise HywiaError("--hywia-* options only apply to --method hywia")
     config.validate()
+    if getattr(args, "recover", False) and not args.out:
+        raise HywiaError("--recover needs --out (the pruned model is saved, then recovered into OUT-recovered)")
     if args.out:  # fail before the (slow) model load; checked again below against the loaded model's path
         check_output_path(args.out, overwrite=args.overwrite, protected=[])
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_dtype(config.method, resolve_dtype(args.dtype, args.device))
+    if args.quiet:
+        quiet_libraries()
+    source, offline = check_source(args.model)  # config, architecture, weight files: before any weight is read
+    if source is not None and source.num_layers:
+        parse_layer_range(config.layers, source.num_layers)
+    if source is not None and source.skeleton is not None:
+        check_plan(source.skeleton, config)  # layer range, feasibility, --strict: on shapes alone
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline)
     protected = [loaded.local_path] if loaded.local_path else []
     if args.out:
         check_output_path(args.out, overwrite=args.overwrite, protected=protected)
@@ -150,6 +169,8 @@ def run(args) -> int:
     result = prune(loaded.model, loaded.tokenizer, config)
     report = result.report
     report["model_source"] = loaded.source
+    if report["parameters"].get("allocation_note"):
+        print(f"hywia: warning: {report['parameters']['allocation_note']}", file=sys.stderr)
     if args.eval:
         pruned_ppl = perplexities(result.model, loaded.tokenizer, args, texts)
         report["evaluation"] = {"dense": dense_ppl, "pruned": pruned_ppl}
@@ -168,6 +189,19 @@ def run(args) -> int:
                           protected=protected, extra_files={"hywia_report.md": markdown(report)},
                           write_extras=_plot_writer(report))
         print(f"saved to {out} (reload with {report['reload_with']})")
+        if getattr(args, "recover", False):
+            _recover_saved(out, args)
     else:
         print("nothing saved (no --out)")
     return 0
+
+
+def _recover_saved(out: Path, args) -> None:
+    """``--recover``: ``hywia recover --model OUT --out OUT-recovered`` with recover's defaults."""
+    from . import build_parser, recover
+
+    argv = ["recover", "--model", str(out), "--out", str(out.parent / f"{out.name}-recovered"),
+            "--device", args.device, "--dtype", args.dtype if args.dtype != "float16" else "auto"]
+    argv += ["--overwrite"] if args.overwrite else []
+    argv += ["--quiet"] if args.quiet else []
+    recover.run(build_parser().parse_args(argv))

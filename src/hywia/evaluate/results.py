@@ -72,8 +72,29 @@ def render_markdown(results: dict) -> str:
 
 def save_results(model_dir: str | Path, results: dict) -> Path:
     """Write ``eval/results.json`` and ``eval/results.md`` inside the model folder; return the folder."""
-    folder = Path(model_dir) / EVAL_FOLDER
-    folder.mkdir(exist_ok=True)
+    return save_results_in(Path(model_dir) / EVAL_FOLDER, results)
+
+
+def load_results_in(folder: str | Path) -> dict:
+    """The results stored directly in ``folder`` (``hywia eval --results DIR``), or ``{}``."""
+    return _load(Path(folder) / RESULTS_JSON)
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HywiaError(f"{path} is not valid JSON; delete it and evaluate again") from None
+
+
+def save_results_in(folder: str | Path, results: dict) -> Path:
+    """Write ``results.json`` and ``results.md`` into ``folder`` (created); return it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HywiaError(f"--results {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
     for name, text in ((RESULTS_JSON, json.dumps(results, indent=1)), (RESULTS_MD, render_markdown(results))):
         partial = folder / f".{name}.partial"
         partial.write_text(text)

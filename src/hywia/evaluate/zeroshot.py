@@ -323,6 +323,42 @@ def compiled_templates():
         del env.from_string
 
 
+@contextlib.contextmanager
+def quiet_git_hash():
+    """lm-eval logs the git commit of the working directory with ``git describe`` (``simple_evaluate``;
+    ``evaluate`` as called here does not in lm-eval 0.4.13): outside a repository git prints "fatal: not a
+    git repository" into the user's output. While the block runs, that one call runs with its stderr sent
+    to /dev/null; lm-eval itself is not changed and everything else keeps its stderr."""
+    try:
+        from lm_eval import evaluator
+        from lm_eval.loggers import utils as logger_utils
+    except ImportError:
+        yield
+        return
+    modules = [m for m in (evaluator, logger_utils) if callable(getattr(m, "get_git_commit_hash", None))]
+    originals = {m: m.get_git_commit_hash for m in modules}
+
+    def quiet(original):
+        def get_git_commit_hash(*args, **kwargs):
+            saved = os.dup(2)
+            try:
+                with open(os.devnull, "w") as sink:
+                    os.dup2(sink.fileno(), 2)
+                    return original(*args, **kwargs)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        return get_git_commit_hash
+
+    for module, original in originals.items():
+        module.get_git_commit_hash = quiet(original)
+    try:
+        yield
+    finally:
+        for module, original in originals.items():
+            module.get_git_commit_hash = original
+
+
 def evaluate_zeroshot(
     model,
     tokenizer,
@@ -367,7 +403,7 @@ def evaluate_zeroshot(
 
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         batching = batch_size
-    with compiled_templates():
+    with compiled_templates(), quiet_git_hash():
         output = evaluator.evaluate(
             lm=lm, task_dict=prepared.loaded, limit=limit, log_samples=False,
             bootstrap_iters=1000,  # acc / acc_norm stderr is closed-form; this only caps other metrics

