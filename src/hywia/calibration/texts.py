@@ -114,6 +114,17 @@ def boolq_passages_text() -> str:
     return "\n\n".join(seen)
 
 
+def json_lines(path, lines):
+    """(line number, parsed row) for every non-blank line of a jsonl file; one clear line for a bad one."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            raise HywiaError(f"{path}:{number} is not valid JSON") from None
+
+
 def read_text_file(path: str | Path) -> str:
     """Plain text, or jsonl whose rows carry a ``text`` field (or the first string field)."""
     path = Path(path)
@@ -124,13 +135,7 @@ def read_text_file(path: str | Path) -> str:
         content = handle.read()
     if ".jsonl" in path.suffixes:
         texts = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise HywiaError(f"{path}:{number} is not valid JSON") from None
+        for _, row in json_lines(path, content.splitlines()):
             text = row.get("text") if isinstance(row, dict) else None
             if text is None and isinstance(row, dict):
                 text = next((v for v in row.values() if isinstance(v, str)), None)

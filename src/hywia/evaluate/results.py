@@ -25,13 +25,7 @@ def results_path(model_dir: str | Path) -> Path:
 
 def load_results(model_dir: str | Path) -> dict:
     """The stored results of a model folder, or ``{}`` if it has none."""
-    path = results_path(model_dir)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HywiaError(f"{path} is not valid JSON; delete it and evaluate again") from None
+    return _load(results_path(model_dir))
 
 
 def merge_results(old: dict, *, model: str, parameters: int, perplexities: list[dict],

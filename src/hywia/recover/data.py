@@ -17,14 +17,13 @@ The last ``val_fraction`` of the examples (in source order) is held out as the v
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..calibration.hub import decide_offline
-from ..calibration.texts import recovery_passages
+from ..calibration.texts import json_lines, recovery_passages
 from ..errors import HywiaError
 
 ALPACA_PROMPT = (
@@ -58,13 +57,7 @@ def read_jsonl(path: Path) -> tuple[str, list]:
     """("alpaca", rows) or ("text", [texts]) from a jsonl file; one clear line for any bad row."""
     rows = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise HywiaError(f"{path}:{number} is not valid JSON") from None
+        for number, row in json_lines(path, handle):
             if not isinstance(row, dict):
                 raise HywiaError(f"{path}:{number} is not a JSON object")
             rows.append((number, row))
