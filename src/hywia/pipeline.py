@@ -103,6 +103,14 @@ def check_dtype(method: str, dtype: torch.dtype) -> None:
                          f"use --dtype bfloat16 or float32")
 
 
+def target_ratio_of_all(config: PruneConfig, total: int, embedding: int) -> float:
+    """``config.ratio`` as a fraction of ALL parameters (``--ratio-base non-embedding``: the same count of
+    parameters as that fraction of those outside the embeddings and LM head)."""
+    if config.ratio_base == "non-embedding":
+        return config.ratio * (total - embedding) / total
+    return config.ratio
+
+
 def check_plan(model: nn.Module, config: PruneConfig) -> None:
     """The checks ``prune`` makes before any work -- layer range, feasibility, and for uniform widths the
     allocation itself (``--strict``) -- on a model whose shapes alone matter (e.g. one on the meta device,
@@ -112,9 +120,7 @@ def check_plan(model: nn.Module, config: PruneConfig) -> None:
     layers = parse_layer_range(config.layers, adapter.num_layers)
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     total = count_parameters(model)
-    target_ratio = config.ratio
-    if config.ratio_base == "non-embedding":
-        target_ratio = config.ratio * (total - count_embedding_parameters(model)) / total
+    target_ratio = target_ratio_of_all(config, total, count_embedding_parameters(model))
     budgets = budgets_for(group_sets, {gs.key: gs.params_per_unit(model) for gs in group_sets}, config.round_to,
                           config.min_width)
     check_feasible(budgets, target_ratio, total)
@@ -153,9 +159,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     params_before = count_parameters(model)
     embedding_params = count_embedding_parameters(model)
-    target_ratio = config.ratio
-    if config.ratio_base == "non-embedding":  # the same parameter count as a fraction of all parameters
-        target_ratio = config.ratio * (params_before - embedding_params) / params_before
+    target_ratio = target_ratio_of_all(config, params_before, embedding_params)
     params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
     budgets = budgets_for(group_sets, params_per_unit, config.round_to, config.min_width)
 
@@ -165,12 +169,15 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     if allocation is not None:
         _check_strict(allocation, config)
 
+    texts: list[str] = []  # the calibration text, read once however many sample sets are drawn
+
     def draw_samples(num_samples: int, seq_len: int) -> torch.Tensor:
         if tokenizer is None:
             raise HywiaError("calibration samples need a tokenizer (or pass calibration_ids / reconstruction_ids; "
                              "data-free methods need samples only with reconstruct=True)")
-        text = load_text(config.calibration, DEFAULT_CALIBRATION)
-        return calibration_samples(tokenizer, text, num_samples, seq_len, config.seed,
+        if not texts:
+            texts.append(load_text(config.calibration, DEFAULT_CALIBRATION))
+        return calibration_samples(tokenizer, texts[0], num_samples, seq_len, config.seed,
                                    bos_id=sequence_bos(model, tokenizer))
 
     samples = None
@@ -183,8 +190,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         elif config.reconstruct_samples is not None or config.reconstruct_seq_len is not None:
             rec_samples = draw_samples(config.reconstruct_samples or config.num_samples,
                                        config.reconstruct_seq_len or config.seq_len)
-        elif samples is not None or calibration_ids is not None:  # the scoring samples
-            rec_samples = calibration_ids if calibration_ids is not None else samples
+        elif calibration_ids is not None or samples is not None:  # the scoring samples
+            rec_samples = samples if samples is not None else calibration_ids
         else:
             rec_samples = draw_samples(config.num_samples, config.seq_len)
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import HywiaError
 from .common import (add_eval_args, add_model_args, check_source, describe_model, describe_ppl, eval_texts,
                      perplexities, quiet_libraries)
 
@@ -38,7 +39,6 @@ def _add_zeroshot_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..errors import HywiaError
     from ..models.io import load_model
 
     if args.results and Path(args.results).exists() and not Path(args.results).is_dir():
@@ -95,11 +95,11 @@ def _refresh_card(model_dir) -> None:
     """Rewrite a hywia model card (README.md) so that it lists the results just stored; a README that
     hywia did not write is left alone."""
     from ..models.card import CARD_NAME, write_model_card
-    from ..models.io import REPORT_NAME
+    from ..models.io import REPORT_NAME, read_report
 
     card, report = model_dir / CARD_NAME, model_dir / REPORT_NAME
     if report.is_file() and (not card.exists() or "- hywia\n" in card.read_text(errors="replace")):
         try:
-            write_model_card(model_dir, json.loads(report.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            write_model_card(model_dir, read_report(model_dir))
+        except (OSError, ValueError, KeyError, TypeError, HywiaError) as error:
             print(f"hywia: note: model card not updated ({type(error).__name__}: {error})", file=sys.stderr)

@@ -3,7 +3,6 @@ instructions), merged and saved with the pruning report plus a ``recovery`` sect
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -57,20 +56,8 @@ def add_parser(sub) -> None:
     parser.set_defaults(data_mode="auto")
 
 
-def pruned_report(folder: Path) -> dict:
-    from ..models.io import REPORT_NAME
-
-    path = folder / REPORT_NAME
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HywiaError(f"{path} is not valid JSON") from None
-
-
 def run(args) -> int:
-    from ..models.io import check_output_path, load_model
+    from ..models.io import check_output_path, load_model, read_report
     from ..recover import RecoverConfig, recover, save_recovered
 
     out = check_output_path(args.out, overwrite=args.overwrite, protected=[])
@@ -93,7 +80,7 @@ def run(args) -> int:
         raise HywiaError(f"--model must be a pruned model folder, got {args.model!r}")
     protected = [loaded.local_path]
     check_output_path(out, overwrite=args.overwrite, protected=protected)
-    report = pruned_report(loaded.local_path)
+    report = read_report(loaded.local_path)
     if not report:
         print(f"hywia: note: {loaded.local_path} has no hywia_report.json; the output's report holds recovery only",
               file=sys.stderr)

@@ -7,12 +7,11 @@ PIQA, WinoGrande; acc_norm for the others) in %, plus the 7-task average.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HywiaError
-from ..models.io import REPORT_NAME
+from ..models.io import REPORT_NAME, read_report
 from .results import load_results
 from .zeroshot import PAPER_METRIC, PAPER_TASKS, SHORT_NAMES
 
@@ -36,8 +35,7 @@ def collect(folders: list[str]) -> list[ModelRow]:
         if not path.is_dir():
             raise HywiaError(f"not a model folder: {folder}")
         results = load_results(path)
-        report_file = path / REPORT_NAME
-        report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        report = read_report(path)
         if not results and not report:
             raise HywiaError(f"{folder} has neither eval/results.json nor {REPORT_NAME}; run hywia eval on it first")
         zeroshot = results.get("zeroshot") or {}

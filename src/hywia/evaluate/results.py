@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import HywiaError
+from ..models.io import read_json
 from ..report import package_versions
 
 EVAL_FOLDER = "eval"
@@ -75,12 +76,7 @@ def load_results_in(folder: str | Path) -> dict:
 
 
 def _load(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HywiaError(f"{path} is not valid JSON; delete it and evaluate again") from None
+    return read_json(path, "; delete it and evaluate again")
 
 
 def save_results_in(folder: str | Path, results: dict) -> Path:

@@ -33,6 +33,21 @@ class LoadedModel:
     local_path: Path | None  # the folder or file on disk, to protect it from being overwritten
 
 
+def read_json(path: Path, advice: str = "") -> dict:
+    """A JSON file's content, ``{}`` when it does not exist, one line (plus ``advice``) when it is not JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HywiaError(f"{path} is not valid JSON{advice}") from None
+
+
+def read_report(folder: str | Path) -> dict:
+    """The ``hywia_report.json`` of a model folder, or ``{}`` if it has none."""
+    return read_json(Path(folder) / REPORT_NAME)
+
+
 def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
