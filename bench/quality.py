@@ -9,7 +9,8 @@ Columns: perplexity on the BoolQ passages (reported text) and on held-out LAMBAD
 never sampled for calibration), the validation-split accuracy of ARC-e / ARC-c / OBQA (``--mc val``, for
 choosing settings) or the paper's 7-task average (``--mc paper``, reported), and the prune time.
 A variant is a JSON object: {"method", "allocation", "options", "reconstruct", "damping", "min_width",
-"calib", "calib_samples", "calib_len", "mc_full"}; missing keys take the run's defaults.
+"calib", "calib_samples", "calib_len", "mc_full", "mc"}; missing keys take the run's defaults ("mc": the
+multiple-choice columns of this variant, e.g. ["val", "paper"] where --mc gives only "paper").
 """
 
 from __future__ import annotations
@@ -120,9 +121,9 @@ def main(argv=None) -> int:
         dense_row.update(mc_scores(dense_model, tokenizer, kind, args.mc_limit, args.batch_size, args.val_limit))
     write(dense_row)
     samples: dict = {}
-    for seed in args.seeds:
+    for name in names:  # variant by variant: a run cut short loses whole variants, not some of their seeds
         for ratio in args.ratios:
-            for name in names:
+            for seed in args.seeds:
                 spec = variants[name]
                 calib_key = (spec.get("calib", args.calib), spec.get("calib_samples", args.calib_samples),
                              spec.get("calib_len", args.calib_len), seed)
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
                        "achieved_non_embedding": result.report["parameters"]["achieved_ratio_non_embedding"],
                        "params": result.report["parameters"]["after"], "seconds": round(seconds, 2),
                        **measure(model)}
-                for kind in args.mc:
+                for kind in spec.get("mc", args.mc):
                     limit = None if spec.get("mc_full") else args.mc_limit
                     row.update(mc_scores(model, tokenizer, kind, limit, args.batch_size, args.val_limit))
                 details = result.report.get("method_details") or {}
@@ -154,6 +155,10 @@ def main(argv=None) -> int:
                     alphas = list(details["alpha_fine"].values())
                     row["alpha_fine_mean"] = round(sum(alphas) / len(alphas), 3)
                     row["alpha_fine_range"] = [round(min(alphas), 3), round(max(alphas), 3)]
+                if details.get("seconds_per_stage"):
+                    row["method_seconds"] = details["seconds_per_stage"]
+                if result.report.get("reconstruction"):
+                    row["reconstruction_seconds"] = result.report["reconstruction"].get("seconds")
                 write(row)
                 del model
     return 0

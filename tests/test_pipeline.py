@@ -157,3 +157,15 @@ def test_ratio_of_the_non_embedding_parameters(calib_ids):
     assert report["parameters"]["achieved_ratio"] == pytest.approx(removed / total)
     with pytest.raises(HywiaError, match="ratio-base"):
         prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.3, ratio_base="layers", method="l2", progress=False))
+
+
+def test_round_to_auto_is_one_on_cpu_and_recorded(calib_ids):
+    """--round-to auto (the default) keeps exact widths on CPU; a GPU step is chosen by allocate.hardware_round_to
+    (tested in test_round_to.py); what was used is in the report."""
+    model = build_tiny("llama-gqa")
+    report = prune(model, None, PruneConfig(ratio=0.3, method="l2", reconstruct=False, progress=False),
+                   calibration_ids=calib_ids).report
+    assert report["parameters"]["round_to"] == 1 and report["parameters"]["round_to_note"] is None
+    with pytest.raises(HywiaError, match="--round-to must be a positive integer or auto"):
+        prune(build_tiny("llama-gqa"), None, PruneConfig(ratio=0.3, method="l2", round_to="eight", progress=False),
+              calibration_ids=calib_ids)

@@ -200,13 +200,19 @@ def allocate_global(
     target = round(ratio * total_params)
     chunks = []  # (score per parameter, key, units in chunk, params)
     for b in budgets:
-        ordered = torch.sort(scores[b.key].float()).values
+        ordered = torch.sort(scores[b.key].double()).values
         usable = (b.num_units // b.step) * b.step
         tail = b.num_units - usable  # channels beyond the last full step are always removed first
-        for start in range(0, usable - b.min_keep, b.step):
-            chunk = ordered[tail + start : tail + start + b.step] if start else ordered[: tail + b.step]
-            units = len(chunk)
-            value = chunk.sum().item() / (units * b.params_per_unit if per_parameter else units)
+        # chunk k spans [tail + k*step, tail + (k+1)*step), the first one from 0: sums from one cumsum
+        count = len(range(0, usable - b.min_keep, b.step))
+        if count == 0:
+            continue
+        ends = tail + b.step * torch.arange(1, count + 1)
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]])
+        prefix = torch.cat([ordered.new_zeros(1), ordered.cumsum(0)])
+        sizes = ends - starts
+        values = (prefix[ends] - prefix[starts]) / (sizes * (b.params_per_unit if per_parameter else 1))
+        for value, units in zip(values.tolist(), sizes.tolist()):
             chunks.append((value, b.key, units, units * b.params_per_unit))
     chunks.sort(key=lambda c: c[0])
     keep = {b.key: b.num_units for b in budgets}
@@ -228,3 +234,43 @@ def allocate_scored(
     if mode not in (GLOBAL, GLOBAL_SCORE):
         raise HywiaError(f"allocation {mode!r} does not use scores; expected {GLOBAL} or {GLOBAL_SCORE}")
     return allocate_global(budgets, scores, ratio, total_params, per_parameter=mode == GLOBAL)
+
+
+AUTO_ROUND_TO = "auto"
+# The automatic MLP step on GPUs: the widest of these whose granularity is at most GRANULARITY of the
+# narrowest pruned MLP (128 on 13B-class widths and up, 64 on 7B-class; GEMM tiles of 64/128 columns keep
+# tensor cores full); CPUs gain nothing from it, so there it is 1 unless asked for.
+HARDWARE_STEPS = (128, 64)
+HARDWARE_GRANULARITY = 0.01
+SMALL_MODEL_STEP = (64, 0.125)  # narrow MLPs (< 6400 channels) still get 64 when it is at most 1/8 of the width
+
+
+def hardware_round_to(device: str, mlp_widths: list[int]) -> int:
+    """The automatic ``--round-to`` for MLP widths on ``device`` (cpu, cuda[:N] or auto = spread over GPUs)."""
+    if not str(device).startswith(("cuda", "auto")) or not mlp_widths:
+        return 1
+    narrowest = min(mlp_widths)
+    for step in HARDWARE_STEPS:
+        if step <= HARDWARE_GRANULARITY * narrowest:
+            return step
+    step, most = SMALL_MODEL_STEP
+    return step if step <= most * narrowest else 1
+
+
+def resolve_round_to(round_to: int | str, device: str, group_sets: list[GroupSet]) -> tuple[int, str | None]:
+    """``--round-to`` as a number: itself; ``auto``: ``hardware_round_to`` of the pruned MLP widths, with a line
+    for the report's allocation notes saying what was chosen and why."""
+    if round_to != AUTO_ROUND_TO:
+        try:
+            value = int(round_to)
+        except (TypeError, ValueError):
+            raise HywiaError(f"--round-to must be a positive integer or {AUTO_ROUND_TO}, got {round_to!r}") from None
+        if value < 1:
+            raise HywiaError(f"--round-to must be a positive integer or {AUTO_ROUND_TO}, got {round_to!r}")
+        return value, None
+    widths = [gs.num_units for gs in group_sets if gs.kind == MLP]
+    step = hardware_round_to(device, widths)
+    if step == 1:
+        return 1, None
+    return step, (f"MLP widths kept at multiples of {step} (--round-to auto on {device}: GPU matrix tiles; "
+                  f"narrowest pruned MLP {min(widths)} channels; --round-to 1 turns it off)")

@@ -16,6 +16,7 @@ from torch import nn
 
 from .allocate import (
     ALLOCATIONS,
+    AUTO_ROUND_TO,
     UNIFORM,
     allocate_scored,
     allocate_uniform,
@@ -23,6 +24,7 @@ from .allocate import (
     check_feasible,
     check_ratio,
     parse_layer_range,
+    resolve_round_to,
 )
 from .calibration.texts import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
 from .errors import HywiaError
@@ -31,6 +33,7 @@ from .importance.forward_methods import add_output_bias_terms, claim_bias_compen
 from .importance.registry import top_units
 from .models import count_embedding_parameters, count_parameters
 from .models.adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
+from .models.placement import input_device
 from .models.surgery import apply_keep
 from .reconstruct import check_damping, reconstruct
 from .report import build_report
@@ -48,7 +51,7 @@ class PruneConfig:
     method: str = "hywia"
     allocation: str | None = None  # "uniform": same widths in every layer; "global": per-layer; None: method's default
     layers: str | None = None  # "A:B" prunes layers A..B-1 only (default: all)
-    round_to: int = 1  # MLP widths stay multiples of this
+    round_to: int | str = AUTO_ROUND_TO  # MLP widths stay multiples of this; auto: 64/128 on GPUs, 1 on CPU
     min_width: float | None = None  # every pruned layer keeps at least this fraction of its units (None: method's default)
     calibration: str | None = None  # file, "mixed" (default), "lambada", or a hub text name
     # 128 x 128 tokens: the reconstruction's ridge fits need more tokens than the widest input (1536 on
@@ -75,6 +78,7 @@ class PruneConfig:
         if self.ratio_base not in RATIO_BASES:
             raise HywiaError(f"--ratio-base must be one of {', '.join(RATIO_BASES)}, got {self.ratio_base!r}")
         check_damping(self.reconstruct_damping)
+        resolve_round_to(self.round_to, "cpu", [])  # a number >= 1 or auto
         for name, least in (("reconstruct_samples", 1), ("reconstruct_seq_len", 2)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < least):
@@ -111,17 +115,18 @@ def target_ratio_of_all(config: PruneConfig, total: int, embedding: int) -> floa
     return config.ratio
 
 
-def check_plan(model: nn.Module, config: PruneConfig) -> None:
+def check_plan(model: nn.Module, config: PruneConfig, device: str = "cpu") -> None:
     """The checks ``prune`` makes before any work -- layer range, feasibility, and for uniform widths the
     allocation itself (``--strict``) -- on a model whose shapes alone matter (e.g. one on the meta device,
-    so that a bad request fails before the weights are loaded)."""
+    so that a bad request fails before the weights are loaded); ``device``: where it will run (--round-to auto)."""
     config.validate()
     adapter = get_adapter(model)
     layers = parse_layer_range(config.layers, adapter.num_layers)
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     total = count_parameters(model)
     target_ratio = target_ratio_of_all(config, total, count_embedding_parameters(model))
-    budgets = budgets_for(group_sets, {gs.key: gs.params_per_unit(model) for gs in group_sets}, config.round_to,
+    round_to, _ = resolve_round_to(config.round_to, device, group_sets)
+    budgets = budgets_for(group_sets, {gs.key: gs.params_per_unit(model) for gs in group_sets}, round_to,
                           config.min_width)
     check_feasible(budgets, target_ratio, total)
     if config.allocation == UNIFORM:
@@ -161,7 +166,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     embedding_params = count_embedding_parameters(model)
     target_ratio = target_ratio_of_all(config, params_before, embedding_params)
     params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
-    budgets = budgets_for(group_sets, params_per_unit, config.round_to, config.min_width)
+    round_to, round_note = resolve_round_to(config.round_to, str(input_device(model)), group_sets)
+    budgets = budgets_for(group_sets, params_per_unit, round_to, config.min_width)
 
     # Fail on an impossible request before any expensive work.
     check_feasible(budgets, target_ratio, params_before)
@@ -243,6 +249,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
     report["parameters"]["embedding"] = embedding_params
     report["parameters"]["allocation_note"] = allocation.note()
+    report["parameters"]["round_to"] = round_to
+    report["parameters"]["round_to_note"] = round_note
     report["parameters"]["achieved_ratio_non_embedding"] = (params_before - params_after) / (params_before - embedding_params)
     report["reconstruction"] = None if rebuilt is None else {
         "damping": config.reconstruct_damping, "samples": list(rec_samples.shape),

@@ -155,7 +155,7 @@ def fake_gguf(tmp_path, monkeypatch):
     path.write_bytes(b"GGUF")
     loaded = io.LoadedModel(build_tiny("llama-gqa"), tiny_tokenizer(), str(path), path)
     monkeypatch.setattr(io, "load_model", lambda *a, **k: loaded)
-    monkeypatch.setattr(evaluate_cli, "check_source", lambda spec: (None, None))
+    monkeypatch.setattr(evaluate_cli, "check_source", lambda spec, *rest, **options: (None, None))
     text = tmp_path / "text.txt"
     text.write_text(tiny_text(400))
     return path, text

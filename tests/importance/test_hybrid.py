@@ -179,3 +179,60 @@ def test_bad_hywia_options():
     with pytest.raises(HywiaError, match="--hywia-blend"):
         prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.2, method_options={"blend": "head"}),
               calibration_ids=torch.zeros(2, 8, dtype=torch.long))
+
+
+def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most():
+    """fixed_alpha 0 (coarse only, uniform widths) keeps, per layer, the units whose removal leaves the largest
+    output error after the best ridge refit of the rest -- recomputed here by brute-force least squares on
+    inputs caught by hooks on a whole-model forward (independent of the layer-wise engine and the formula)."""
+    from test_compensated import brute_force_error
+
+    model = build_tiny("llama-gqa")
+    adapter = get_adapter(model)
+    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(3))
+    captured = {}
+    handles = [model.get_submodule(adapter.unit_output_module(layer, kind)).register_forward_pre_hook(
+        lambda m, args, _k=(layer, kind): captured.setdefault(_k, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for layer in range(adapter.num_layers) for kind in ("attn", "mlp")]
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    damping = 0.1
+    report = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, allocation="uniform", progress=False,
+                                            method_options={"fixed_alpha": 0.0, "coarse_damping": damping}),
+                   calibration_ids=ids).report
+    for entry in report["layers"]:
+        for kind in ("attn", "mlp"):
+            x = torch.cat(captured[(entry["layer"], kind)]).double()
+            weight = build_tiny("llama-gqa").get_submodule(adapter.unit_output_module(entry["layer"], kind)).weight.double()
+            units = len(entry[kind]["scores"])
+            size = x.shape[1] // units
+            lam = damping * float((x.T @ x).diagonal().mean())
+            brute = torch.tensor([brute_force_error(weight.detach(), x, list(range(u * size, (u + 1) * size)), lam, False)
+                                  for u in range(units)])
+            expected = sorted(torch.argsort(brute, descending=True)[: len(entry[kind]["kept"])].tolist())
+            assert entry[kind]["kept"] == expected, (entry["layer"], kind)
+
+
+@pytest.mark.parametrize("reconstruct", [False, True])
+def test_intercept_compensates_with_biases_and_reloads(tmp_path, reconstruct):
+    """With the intercept, the removed inputs' means go into o_proj / down_proj biases: FLAP's compensation when
+    reconstruction is off (checked against a hooked dense reference), the reconstruction's intercept when on."""
+    from test_forward_methods import calib_ids, dense_reference, kept_units, probe_ids
+    from hywia import load_pruned, save_pruned
+
+    model = build_tiny("llama-gqa")
+    result = prune(model, None, PruneConfig(reconstruct=reconstruct, ratio=0.25, allocation="uniform", progress=False,
+                                            method_options={"steps": 2, "intercept": True}), calibration_ids=calib_ids())
+    assert result.report["method_details"]["bias_compensation"] == ("reconstruction intercept" if reconstruct else True)
+    assert all(m.bias is not None for name, m in model.named_modules() if name.endswith(("o_proj", "down_proj")))
+    if not reconstruct:
+        reference = dense_reference("llama-gqa", kept_units(result.report))
+        with torch.no_grad():
+            torch.testing.assert_close(model(probe_ids()).logits, reference(probe_ids()).logits, atol=1e-4, rtol=1e-4)
+    save_pruned(model, None, tmp_path / "out", result.report)
+    reloaded = load_pruned(tmp_path / "out")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(probe_ids()).logits, model(probe_ids()).logits)
+    assert result.report["parameters"]["after"] == sum(p.numel() for p in reloaded.parameters())

@@ -75,6 +75,27 @@ class RunningStats:
         return self.sum_squares.sqrt()
 
 
+class GramStats:
+    """The Gram matrix ``G = X^T X`` of a module's inputs (rows of ``X`` = observations), their per-feature
+    sums ``X^T 1`` and the count, float64 whatever the activation dtype: what the compensated removal error
+    (``importance.compensated``) and the reconstruction's ridge fits need."""
+
+    def __init__(self, features: int, device: torch.device | str | None = None):
+        self.features = features
+        self.count = 0
+        self.gram = torch.zeros(features, features, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(features, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add_batch(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.features:
+            raise HywiaError(f"statistics expect {self.features} features, got a tensor of shape {tuple(x.shape)}")
+        rows = x.detach().reshape(-1, self.features).to(device=self.gram.device, dtype=torch.float64)
+        self.gram.addmm_(rows.T, rows)
+        self.sum += rows.sum(dim=0)
+        self.count += rows.shape[0]
+
+
 @dataclass
 class LayerInputs:
     """What the decoder layers receive: hidden states per batch, and keyword arguments per layer and batch."""
@@ -179,13 +200,15 @@ def run_layerwise(
     device: torch.device | str | None = None,
     offload: bool = False,
     progress: bool = True,
+    statistics: Callable[[int, torch.device], Any] = RunningStats,
 ) -> LayerwiseResult:
     """Calibrate layer by layer on ``samples`` [N, L] of token ids.
 
     For every decoder layer up to the last of ``layers`` (default: all), the modules named by
     ``observe(layer)`` (``{name: dotted path below the model}``) get their *inputs* accumulated in a
     :class:`RunningStats` each; for layers in ``layers`` the statistics are then given to
-    ``process(layer, module, stats)``, whose return value is recorded. The layer's outputs on the
+    ``process(layer, module, stats)``, whose return value is recorded (``statistics(features, device)``
+    makes the accumulators: :class:`RunningStats` by default, :class:`GramStats` for full Gram matrices). The layer's outputs on the
     calibration batches become the next layer's inputs (the dense outputs: changes ``process`` makes to
     the layer do not change what was passed on).
 
@@ -218,7 +241,7 @@ def run_layerwise(
         if index in wanted and observe is not None:
             for name, path in observe(index).items():
                 module = model.get_submodule(path)
-                stats[name] = RunningStats(module.weight.shape[-1], device=run_device)
+                stats[name] = statistics(module.weight.shape[-1], run_device)
                 handles.append(module.register_forward_pre_hook(
                     lambda _module, args, _stats=stats[name]: _stats.add_batch(args[0])))
         try:

@@ -14,7 +14,13 @@ def add_model_args(parser: argparse.ArgumentParser, help_text: str = DEFAULT_MOD
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (spread over all GPUs)")
 
 
-def check_source(spec: str | None):
+def add_remote_code_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own Python code (needed for Baichuan; off by default, only "
+                             "for models you trust)")
+
+
+def check_source(spec: str | None, trust_remote_code: bool = False):
     """Check the model source before any weight is loaded; returns ``(SourceInfo or None, offline reason)``.
 
     A folder or ``.gguf`` file is inspected (config, architecture, weight headers); a hub id gets one
@@ -29,7 +35,7 @@ def check_source(spec: str | None):
 
     path = default_model_path() if spec is None else Path(spec).expanduser()
     if path.exists():
-        return inspect_source(path), None
+        return inspect_source(path, trust_remote_code), None
     if _looks_local(spec):
         raise HywiaError(f"model not found: {spec}")
     return None, hub_offline_by_environment() or (None if hub.hub_reachable() else "hub not reachable")

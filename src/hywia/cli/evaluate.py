@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from ..errors import HywiaError
-from .common import (add_eval_args, add_model_args, check_source, describe_model, describe_ppl, eval_texts,
-                     perplexities, quiet_libraries)
+from .common import (add_eval_args, add_model_args, add_remote_code_arg, check_source, describe_model, describe_ppl,
+                     eval_texts, perplexities, quiet_libraries)
 
 
 def add_parser(sub) -> None:
     evaluate = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
     add_model_args(evaluate)
+    add_remote_code_arg(evaluate)
     add_eval_args(evaluate, "--text", "paper")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.add_argument("--results", default=None, metavar="DIR",
@@ -45,8 +46,10 @@ def run(args) -> int:
         raise HywiaError(f"--results {args.results} exists and is not a folder")
     if args.quiet:
         quiet_libraries()
-    _, offline = check_source(args.model)  # config, architecture, weight files: before any weight is read
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline)
+    # config, architecture, weight files: before any weight is read
+    _, offline = check_source(args.model, args.trust_remote_code)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline,
+                        trust_remote_code=args.trust_remote_code)
     texts = [] if args.tasks and args.no_ppl else eval_texts(args, "paper")
     results = perplexities(loaded.model, loaded.tokenizer, args, texts)
     print(describe_model(loaded))

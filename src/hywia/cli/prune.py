@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 from ..errors import HywiaError
-from .common import (add_eval_args, add_model_args, check_source, describe_model, describe_ppl, eval_texts,
-                     perplexities, quiet_libraries)
+from .common import (add_eval_args, add_model_args, add_remote_code_arg, check_source, describe_model, describe_ppl,
+                     eval_texts, perplexities, quiet_libraries)
 
 HYWIA_OPTION_HELP = {
     "fine": "fine-grained saliency: element1 or element2",
+    "coarse": "whole-group score: compensated (output error of removing the unit, the rest compensating) or taylor",
+    "coarse_damping": "relative ridge of the compensated coarse score",
+    "intercept": "compensated coarse score and reconstruction with a bias for the removed inputs' means (yes/no)",
     "normalisation": "per-layer normalisation: mean, rank or zscore",
     "blend": "one blend per layer (layer) or per group (group)",
     "steps": "optimisation steps of the fusion (0 = untrained 0.5/0.5 start)",
@@ -27,8 +30,13 @@ def add_parser(sub) -> None:
     from ..allocate import ALLOCATIONS
     from ..importance import METHODS
 
-    prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format")
+    from ..models.adapters import supported_text
+
+    prune = sub.add_parser("prune", help="prune a model and save it in HuggingFace format",
+                           description=f"Prune a model and save it in HuggingFace format. Supported architectures: "
+                                       f"{supported_text()}; Baichuan needs --trust-remote-code.")
     add_model_args(prune)
+    add_remote_code_arg(prune)
     prune.add_argument("--ratio", type=float, required=True, help="fraction of ALL parameters to remove, e.g. 0.2")
     prune.add_argument("--ratio-base", choices=("all", "non-embedding"), default="all",
                        help="what --ratio is a fraction of: all parameters (the papers' convention) or those outside "
@@ -39,7 +47,9 @@ def add_parser(sub) -> None:
                             "widths by score per parameter; global-score: per-layer widths by score alone "
                             "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
-    prune.add_argument("--round-to", type=int, default=1, help="keep MLP widths multiples of N")
+    prune.add_argument("--round-to", default="auto",
+                       help="keep MLP widths multiples of N; auto (default): 64 or 128 on GPUs (matrix tiles, "
+                            "chosen from the model's MLP width and recorded in the report), 1 on CPU")
     prune.add_argument("--strict", action="store_true",
                        help="refuse when the closest achievable ratio is further than 0.5 points of all parameters "
                             "from --ratio (default: warn and record it in the report)")
@@ -49,7 +59,7 @@ def add_parser(sub) -> None:
     prune.add_argument("--min-width", type=float, default=None,
                        help="every pruned layer keeps at least this fraction of its KV groups and MLP channels "
                             "(a floor for global / global-score, which may otherwise strip a layer almost bare; "
-                            "default: the method's, 0.1 for hywia, 0 otherwise: one KV group and one --round-to step)")
+                            "default 0: one KV group and one --round-to step)")
     prune.add_argument("--calib", default=None,
                        help="calibration text: mixed (default: LAMBADA + SQuAD/CoQA/DROP passages), lambada, a file "
                             "(txt/jsonl), wikitext2-train")
@@ -102,9 +112,18 @@ def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
     defaults = HybridOptions()
     for name, text in HYWIA_OPTION_HELP.items():
         value = getattr(defaults, name)
-        kind = float if name in ("lr", "temperature", "fixed_alpha") else int if isinstance(value, int) else str
+        kind = (_yes_no if isinstance(value, bool) else float if name in ("lr", "temperature", "fixed_alpha", "coarse_damping")
+                else int if isinstance(value, int) else str)
         group.add_argument(f"--hywia-{name.replace('_', '-')}", type=kind, default=None, dest=f"hywia_{name}",
                            help=f"{text} (default {value})")
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
 def _hywia_options(args) -> dict:
@@ -152,12 +171,14 @@ def run(args) -> int:
     check_dtype(config.method, resolve_dtype(args.dtype, args.device))
     if args.quiet:
         quiet_libraries()
-    source, offline = check_source(args.model)  # config, architecture, weight files: before any weight is read
+    # config, architecture, weight files: before any weight is read
+    source, offline = check_source(args.model, args.trust_remote_code)
     if source is not None and source.num_layers:
         parse_layer_range(config.layers, source.num_layers)
     if source is not None and source.skeleton is not None:
-        check_plan(source.skeleton, config)  # layer range, feasibility, --strict: on shapes alone
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline)
+        check_plan(source.skeleton, config, device=args.device)  # layer range, feasibility, --strict: on shapes alone
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, offline=offline,
+                        trust_remote_code=args.trust_remote_code)
     protected = [loaded.local_path] if loaded.local_path else []
     if args.out:
         check_output_path(args.out, overwrite=args.overwrite, protected=protected)
@@ -204,4 +225,5 @@ def _recover_saved(out: Path, args) -> None:
             "--device", args.device, "--dtype", args.dtype if args.dtype != "float16" else "auto"]
     argv += ["--overwrite"] if args.overwrite else []
     argv += ["--quiet"] if args.quiet else []
+    argv += ["--trust-remote-code"] if args.trust_remote_code else []
     recover.run(build_parser().parse_args(argv))

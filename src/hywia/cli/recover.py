@@ -11,12 +11,14 @@ from ..errors import HywiaError
 
 def add_parser(sub) -> None:
     from ..recover import DEFAULT_OFFLINE_DATA, RecoverConfig
+    from .common import add_remote_code_arg
 
     d = RecoverConfig()
     parser = sub.add_parser("recover", help="LoRA recovery of a pruned model (distill or LM loss), merged and saved")
     parser.add_argument("--model", required=True, help="the pruned model folder (a hywia prune output)")
     parser.add_argument("--out", required=True, help="output folder for the recovered (merged) model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_remote_code_arg(parser)
     parser.add_argument("--data", default=None,
                         help="an Alpaca .jsonl (instruction/input/output; loss on the response only), a .jsonl of "
                              f"'text' rows or a .txt file, {DEFAULT_OFFLINE_DATA} (SQuAD/CoQA/DROP passages, offline), "
@@ -75,7 +77,7 @@ def run(args) -> int:
         raise HywiaError("fp16 training is not supported (LoRA in fp16 gives NaN losses on Llama-2); "
                          "use --dtype bfloat16 on a GPU or float32")
     load_dtype = "float32" if args.dtype == "auto" and args.device == "cpu" else args.dtype
-    loaded = load_model(args.model, dtype=load_dtype, device=args.device)
+    loaded = load_model(args.model, dtype=load_dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     if loaded.local_path is None or not loaded.local_path.is_dir():
         raise HywiaError(f"--model must be a pruned model folder, got {args.model!r}")
     protected = [loaded.local_path]
@@ -90,7 +92,8 @@ def run(args) -> int:
         teacher_source = args.teacher or report.get("model_source")
         if not teacher_source:
             raise HywiaError("--objective distill needs the dense model: pass --teacher (the model that was pruned)")
-        teacher_loaded = load_model(teacher_source, dtype=load_dtype, device=args.device)
+        teacher_loaded = load_model(teacher_source, dtype=load_dtype, device=args.device,
+                                    trust_remote_code=args.trust_remote_code)
         teacher = teacher_loaded.model
         teacher_source = teacher_loaded.source
     print(f"model: {loaded.source}" + (f"; teacher: {teacher_source}" if teacher_source else ""))

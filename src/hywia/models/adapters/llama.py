@@ -38,6 +38,7 @@ def ensure_bias(linear: nn.Linear) -> None:
 
 class LlamaAdapter(ModelAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+    families = ("Llama 1/2/3", "Vicuna", "Mistral", "Qwen2", "Qwen3", "Gemma 1/2/3")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -1,0 +1,235 @@
+"""Time and peak GPU memory of every pruning stage at 7B-13B scale, on random bf16 weights.
+
+For each shape (LLaMA-7B, LLaMA-13B, Llama-3-8B), a model with random weights is written to a scratch
+folder once (not timed); then for each method and ratio: load it (``hywia.load_model``), prune it
+(``hywia.prune`` on random calibration token ids) and save it (``hywia.save_pruned``), timing each stage
+and reading ``torch.cuda.max_memory_allocated`` per stage. One markdown row per run on stdout.
+
+Stages (``pipeline.py`` reports only the total time, so the stages are timed here by wrapping the functions
+the pipeline calls, without changing it):
+
+* load: ``load_model`` from the scratch folder onto the GPU
+* gradients: ``collect_gradients`` (element1, hywia)
+* fusion: HyWIA's learned fusion (``importance.hywia.method._learn``)
+* scoring, other: the rest of the scoring (FLAP's and HyWIA's compensated coarse score: layer-wise passes)
+* reconstruction: ``reconstruct`` (refit of o_proj / down_proj)
+* surgery: ``apply_keep``
+* save: ``save_pruned`` (safetensors shards, atomic rename)
+
+Examples:
+    python bench/scale.py                                   # all shapes, hywia/element1/flap, 20% and 50%
+    python bench/scale.py --shapes llama-7b --methods element1 --ratios 0.2
+    python bench/scale.py --tiny                            # a tiny shape on the CPU: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048),
+    "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                      num_key_value_heads=40, vocab_size=32000, max_position_embeddings=2048),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+}
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256, max_position_embeddings=256)
+STAGES = ("load", "gradients", "fusion", "scoring, other", "reconstruction", "surgery", "save")
+
+
+class StageClock:
+    """Seconds and peak allocated CUDA memory per stage; stages may nest (an outer stage's peak includes its
+    inner stages', its time too: ``scoring`` minus ``gradients`` and ``fusion`` is ``scoring, other``)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+        self.open: list[str] = []
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self._sync()
+        if self.cuda:  # what the enclosing stages reached so far, then a fresh peak for this one
+            for outer in self.open:
+                self.peaks[outer] = max(self.peaks.get(outer, 0), torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.open.append(name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            self.open.pop()
+            if self.cuda:
+                peak = torch.cuda.max_memory_allocated(self.device)
+                for stage in (name, *self.open):
+                    self.peaks[stage] = max(self.peaks.get(stage, 0), peak)
+
+    def wrap(self, module, attribute: str, name: str):
+        """Time every call of ``module.attribute`` as stage ``name`` (until ``restore``)."""
+        original = getattr(module, attribute)
+
+        def timed(*args, **kwargs):
+            with self.stage(name):
+                return original(*args, **kwargs)
+
+        setattr(module, attribute, timed)
+        return module, attribute, original
+
+
+@contextlib.contextmanager
+def timed_pipeline(clock: StageClock):
+    """Wrap the functions the pipeline calls for each stage (module docstring)."""
+    import hywia.importance.hywia.method as hywia_method
+    import hywia.importance.weight_methods as weight_methods
+    import hywia.pipeline as pipeline
+
+    wrapped = [clock.wrap(weight_methods, "collect_gradients", "gradients"),
+               clock.wrap(hywia_method, "_learn", "fusion"),
+               clock.wrap(pipeline, "score", "scoring"),
+               clock.wrap(pipeline, "reconstruct", "reconstruction"),
+               clock.wrap(pipeline, "apply_keep", "surgery")]
+    try:
+        yield
+    finally:
+        for module, attribute, original in reversed(wrapped):
+            setattr(module, attribute, original)
+
+
+def placeholder_tokenizer(vocab_size: int):
+    """A word-level tokenizer over ``vocab_size`` made-up words (calibration uses random token ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def write_random_model(shape: dict, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+    """A Llama of ``shape`` with transformers' random initialisation (N(0, 0.02)), built on ``device``, saved."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=False), dtype=dtype)
+    model.save_pretrained(folder, max_shard_size="5GB")
+    placeholder_tokenizer(shape["vocab_size"]).save_pretrained(folder)  # load_model wants one; unused
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.Tensor, *, device: str, dtype: str,
+            options: dict) -> dict:
+    from hywia import PruneConfig, load_model, prune, save_pruned
+
+    clock = StageClock(torch.device(device))
+    with clock.stage("load"):
+        loaded = load_model(str(folder), dtype=dtype, device=device)
+    config = PruneConfig(ratio=ratio, method=method, progress=False, num_samples=len(samples),
+                         seq_len=samples.shape[1], method_options=options.get(method, {}))
+    with timed_pipeline(clock):
+        result = prune(loaded.model, None, config, calibration_ids=samples)
+    with clock.stage("save"):
+        save_pruned(loaded.model, None, out, result.report, overwrite=True)
+    del loaded, result
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    seconds = dict(clock.seconds)
+    seconds["scoring, other"] = seconds.pop("scoring", 0.0) - seconds.get("gradients", 0.0) - seconds.get("fusion", 0.0)
+    peaks = dict(clock.peaks)
+    peaks["scoring, other"] = peaks.pop("scoring", 0)
+    return {"seconds": seconds, "peaks": peaks}
+
+
+def header() -> str:
+    cells = ["shape", "method", "ratio"] + [f"{s} s (GB)" for s in STAGES] + ["total s", "peak GB"]
+    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
+
+
+def row(shape: str, method: str, ratio: float, timing: dict, cuda: bool) -> str:
+    cells = [shape, method, f"{ratio:.0%}"]
+    for stage in STAGES:
+        if stage not in timing["seconds"] or timing["seconds"][stage] < 0:
+            cells.append("-")
+            continue
+        memory = f" ({timing['peaks'].get(stage, 0) / 2**30:.1f})" if cuda else ""
+        cells.append(f"{timing['seconds'][stage]:.1f}{memory}")
+    cells.append(f"{sum(v for v in timing['seconds'].values() if v > 0):.1f}")
+    cells.append(f"{max(timing['peaks'].values(), default=0) / 2**30:.1f}" if cuda else "-")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--methods", nargs="+", default=["hywia", "element1", "flap"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.5])
+    parser.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    parser.add_argument("--seq-len", type=int, default=128, help="calibration length in tokens (default 128)")
+    parser.add_argument("--hywia-steps", type=int, default=None, help="HyWIA's fusion steps (default: its own)")
+    parser.add_argument("--scratch", default=None, help="folder for the random models (default: a temp folder)")
+    parser.add_argument("--tiny", action="store_true", help="one tiny shape on the CPU, 4 samples of 16 tokens")
+    args = parser.parse_args(argv)
+
+    if args.tiny:
+        shapes, device, dtype = {"tiny": TINY}, "cpu", "float32"
+        args.samples, args.seq_len = min(args.samples, 4), min(args.seq_len, 16)
+        args.hywia_steps = 2 if args.hywia_steps is None else args.hywia_steps
+    else:
+        if not torch.cuda.is_available():
+            print("bench/scale.py needs a CUDA GPU (or --tiny)", file=sys.stderr)
+            return 2
+        shapes, device, dtype = {name: SHAPES[name] for name in args.shapes}, "cuda", "bfloat16"
+    options = {"hywia": {"steps": args.hywia_steps}} if args.hywia_steps is not None else {}
+    cuda = device == "cuda"
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="hywia-scale-"))
+    print(header(), flush=True)
+    try:
+        for shape_name, shape in shapes.items():
+            folder = scratch / shape_name
+            if not (folder / "config.json").is_file():
+                write_random_model(shape, folder, getattr(torch, dtype), torch.device(device))
+            samples = torch.randint(0, shape["vocab_size"], (args.samples, args.seq_len),
+                                    generator=torch.Generator().manual_seed(0))
+            for method in args.methods:
+                for ratio in args.ratios:
+                    timing = run_one(folder, scratch / "out", method, ratio, samples, device=device, dtype=dtype,
+                                     options=options)
+                    print(row(shape_name, method, ratio, timing, cuda), flush=True)
+            shutil.rmtree(scratch / "out", ignore_errors=True)
+            if args.scratch is None:  # 13B in bf16 is 26 GB: one shape on disk at a time
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if args.scratch is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\n{args.samples} calibration samples x {args.seq_len} tokens, {dtype} on {device}"
+          + (f" ({torch.cuda.get_device_name()})" if cuda else "")
+          + "; seconds per stage (peak allocated GB during the stage); '-': the method has no such stage.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
