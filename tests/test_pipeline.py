@@ -169,3 +169,11 @@ def test_round_to_auto_is_one_on_cpu_and_recorded(calib_ids):
     with pytest.raises(HywiaError, match="--round-to must be a positive integer or auto"):
         prune(build_tiny("llama-gqa"), None, PruneConfig(ratio=0.3, method="l2", round_to="eight", progress=False),
               calibration_ids=calib_ids)
+
+
+def test_report_times_every_stage(calib_ids):
+    model = build_tiny("llama-gqa")
+    report = prune(model, None, PruneConfig(ratio=0.3, method="element1", progress=False), calibration_ids=calib_ids).report
+    stages = report["seconds_per_stage"]
+    assert set(stages) == {"setup", "scoring", "reconstruction", "surgery"}
+    assert all(value >= 0 for value in stages.values()) and sum(stages.values()) <= report["seconds"] + 0.01

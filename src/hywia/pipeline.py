@@ -208,7 +208,10 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
 
     context = ScoringContext(model, adapter, group_sets, samples, config.seed, config.batch_size, config.progress,
                              dict(config.method_options), config.allocation, keep_counts_for)
+    stages = {"setup": time.perf_counter() - started}
+    clock = time.perf_counter()
     scored = score(config.method, context)
+    stages["scoring"], clock = time.perf_counter() - clock, time.perf_counter()
     if allocation is None:
         allocation = allocate_scored(config.allocation, budgets, scored.scores, target_ratio, params_before)
         _check_strict(allocation, config)
@@ -221,6 +224,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     if config.reconstruct:
         rebuilt = reconstruct(model, adapter, keep, rec_samples, damping=config.reconstruct_damping,
                               with_bias=with_bias, batch_size=config.batch_size, progress=config.progress)
+    stages["reconstruction"], clock = time.perf_counter() - clock, time.perf_counter()
     widths_after = apply_keep(model, adapter, keep)
     params_after = count_parameters(model)
     if params_before - params_after != allocation.removed_params:
@@ -233,6 +237,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     if rebuilt is not None and rebuilt.bias_terms:
         added = add_output_bias_terms(model, adapter, rebuilt.bias_terms)
         params_after = count_parameters(model)
+    stages["surgery"] = time.perf_counter() - clock
     report = build_report(
         config=config.to_dict(),
         layers=layers,
@@ -246,6 +251,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         seconds=time.perf_counter() - started,
         stock_config=not (hasattr(model.config, LAYER_WIDTHS_KEY) or getattr(model.config, OUTPUT_BIAS_KEY, None)),
     )
+    # seconds per stage (allocation is inside scoring and surgery); the method's own split is in method_details
+    report["seconds_per_stage"] = {name: round(value, 3) for name, value in stages.items()}
     report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
     report["parameters"]["embedding"] = embedding_params
     report["parameters"]["allocation_note"] = allocation.note()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..calibration.layerwise import _layer_output, _to_device, capture_layer_inputs
+from ..calibration.layerwise import GramStats, _layer_output, _to_device, capture_layer_inputs
 from ..errors import HywiaError
 from ..models.adapters import ModelAdapter
 from ..models.groups import KINDS
@@ -106,19 +106,11 @@ def _columns(adapter: ModelAdapter, layer: int, kind: str, module: nn.Linear, ke
     return unit_columns(kept_units, size), unit_columns(removed_units, size)
 
 
-class _GramAccumulator:
-    """Forward pre-hook state: ``X X^T``, ``X 1`` and the count of a module's inputs (float64)."""
-
-    def __init__(self, features: int, device: torch.device):
-        self.gram = torch.zeros(features, features, dtype=torch.float64, device=device)
-        self.sum = torch.zeros(features, dtype=torch.float64, device=device)
-        self.count = 0
+class _GramAccumulator(GramStats):
+    """Forward pre-hook: fold the module's input into the Gram statistics, then stop the layer."""
 
     def __call__(self, _module, args):
-        x = args[0].detach().reshape(-1, self.gram.shape[0]).to(device=self.gram.device, dtype=torch.float64)
-        self.gram.addmm_(x.T, x)
-        self.sum += x.sum(dim=0)
-        self.count += x.shape[0]
+        self.add_batch(args[0])
         raise _Stop
 
 

@@ -147,13 +147,23 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
     }
     fusion = AttentionFusion(key_dim=opts.key_dim, seed=context.seed)
 
+    # one fusion call for every group set per step (the fusion is row-wise): the step's cost is the LLM's
+    if opts.blend == "layer":
+        all_context = torch.stack([inputs[k][0].mean(dim=0) for k in keys])
+        all_keys = torch.stack([inputs[k][1].mean(dim=0) for k in keys])
+        sizes = [1] * len(keys)
+    else:
+        all_context, all_keys = torch.cat([inputs[k][0] for k in keys]), torch.cat([inputs[k][1] for k in keys])
+        sizes = [len(inputs[k][0]) for k in keys]
+
     def blend_weights() -> dict:
         if opts.fixed_alpha is not None:
             fixed = torch.tensor([opts.fixed_alpha, 1 - opts.fixed_alpha])
             return {k: fixed for k in keys}
+        alphas = fusion(all_context, all_keys).split(sizes)
         if opts.blend == "layer":
-            return {k: fusion(inputs[k][0].mean(dim=0), inputs[k][1].mean(dim=0)) for k in keys}
-        return {k: fusion(*inputs[k]) for k in keys}
+            return {k: alpha[0] for k, alpha in zip(keys, alphas)}
+        return dict(zip(keys, alphas))
 
     losses: list[float] = []
     if opts.fixed_alpha is None and opts.steps > 0:
@@ -224,7 +234,7 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
                 if opts.loss == "kl":
                     gates.masks.clear()
                     dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
-                gates.masks.update({k: soft_mask(fused[k], keep[k], opts.temperature) for k in fused})
+                gates.masks.update(_on_device({k: soft_mask(fused[k], keep[k], opts.temperature) for k in fused}, device))
                 loss = _objective(model, batch, dense_logits)
                 if not torch.isfinite(loss):
                     raise HywiaError(f"HyWIA fusion loss became {loss.item()} at step {step}; try --dtype float32")
@@ -237,6 +247,14 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
             p.requires_grad_(flag)
         model.train(was_training)
     return keep, losses
+
+
+def _on_device(masks: dict, device: torch.device) -> dict:
+    """The masks moved to ``device`` in one copy (not one per gated projection and step)."""
+    if device.type == "cpu" or not masks:
+        return masks
+    flat = torch.cat(list(masks.values())).to(device)
+    return dict(zip(masks, flat.split([len(m) for m in masks.values()])))
 
 
 def _cache_budget(device: torch.device) -> int:
