@@ -256,3 +256,10 @@ def test_truncated_gguf_is_caught_from_its_header(tmp_path):
     path.write_bytes(data[:-8])
     with pytest.raises(HywiaError, match=f"{path} is not a valid GGUF file \\(truncated"):
         check_gguf(path)
+
+
+def test_bad_hywia_switch_and_round_to(capfd, tmp_path, tiny_model_dir):
+    assert_one_line_error(capfd, tmp_path, "prune", "--model", tiny_model_dir, "--ratio", "0.2", "--quiet",
+                          "--out", tmp_path / "out", "--hywia-intercept", "maybe", match="expected yes or no")
+    assert_one_line_error(capfd, tmp_path, *prune_args(tiny_model_dir, tmp_path, "--ratio", "0.2", "--round-to", "wide"),
+                          match="--round-to must be a positive integer or auto")

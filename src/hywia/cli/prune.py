@@ -112,23 +112,27 @@ def _add_hywia_args(parser: argparse.ArgumentParser) -> None:
     defaults = HybridOptions()
     for name, text in HYWIA_OPTION_HELP.items():
         value = getattr(defaults, name)
-        kind = (_yes_no if isinstance(value, bool) else float if name in ("lr", "temperature", "fixed_alpha", "coarse_damping")
+        kind = (str if isinstance(value, bool) else float if name in ("lr", "temperature", "fixed_alpha", "coarse_damping")
                 else int if isinstance(value, int) else str)
         group.add_argument(f"--hywia-{name.replace('_', '-')}", type=kind, default=None, dest=f"hywia_{name}",
                            help=f"{text} (default {value})")
 
 
-def _yes_no(text: str) -> bool:
+def _yes_no(name: str, text: str) -> bool:
     if text.lower() in ("yes", "true", "1", "on"):
         return True
     if text.lower() in ("no", "false", "0", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    raise HywiaError(f"--hywia-{name.replace('_', '-')}: expected yes or no, got {text!r}")
 
 
 def _hywia_options(args) -> dict:
-    return {key[len("hywia_"):]: value for key, value in vars(args).items()
-            if key.startswith("hywia_") and value is not None}
+    from ..importance.hywia.method import HybridOptions
+
+    switches = {name for name, value in vars(HybridOptions()).items() if isinstance(value, bool)}
+    options = {key[len("hywia_"):]: value for key, value in vars(args).items()
+               if key.startswith("hywia_") and value is not None}
+    return {name: _yes_no(name, value) if name in switches else value for name, value in options.items()}
 
 
 def _plot_writer(report: dict):
