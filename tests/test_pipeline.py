@@ -177,3 +177,21 @@ def test_report_times_every_stage(calib_ids):
     stages = report["seconds_per_stage"]
     assert set(stages) == {"setup", "scoring", "reconstruction", "surgery"}
     assert all(value >= 0 for value in stages.values()) and sum(stages.values()) <= report["seconds"] + 0.01
+
+
+@pytest.mark.parametrize("layers,expected,floor", [("1:2", "uniform", 0.0), (None, "global", 0.1), ("0:2", "global", 0.1)])
+def test_edges_allocation_depends_on_whether_the_first_or_last_layer_is_pruned(calib_ids, layers, expected, floor):
+    model = build_tiny("llama-gqa")  # 3 layers
+    report = prune(model, None, PruneConfig(ratio=0.1, method="l2", allocation="edges", layers=layers, reconstruct=False,
+                                            progress=False), calibration_ids=calib_ids).report
+    assert report["recipe"]["allocation"] == expected and report["recipe"]["min_width"] == floor
+    assert ("uniform" if expected == "uniform" else "global") in report["parameters"]["allocation_choice"]
+    if expected == "uniform":
+        assert len({len(e["mlp"]["kept"]) for e in report["layers"] if "mlp" in e}) == 1
+
+
+def test_edges_keeps_an_explicit_floor(calib_ids):
+    report = prune(build_tiny("llama-gqa"), None, PruneConfig(ratio=0.1, method="l2", allocation="edges", min_width=0.3,
+                                                              reconstruct=False, progress=False),
+                   calibration_ids=calib_ids).report
+    assert report["recipe"]["allocation"] == "global" and report["recipe"]["min_width"] == 0.3

@@ -17,7 +17,9 @@ from .models.groups import ATTN, MLP, GroupSet
 UNIFORM = "uniform"
 GLOBAL = "global"
 GLOBAL_SCORE = "global-score"  # FLAP's rule: rank units by score alone, not score per parameter
-ALLOCATIONS = (UNIFORM, GLOBAL, GLOBAL_SCORE)
+EDGES = "edges"  # uniform, unless the first or last layer is pruned: then global with EDGE_FLOOR
+ALLOCATIONS = (UNIFORM, GLOBAL, GLOBAL_SCORE, EDGES)
+EDGE_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -274,3 +276,20 @@ def resolve_round_to(round_to: int | str, device: str, group_sets: list[GroupSet
         return 1, None
     return step, (f"MLP widths kept at multiples of {step} (--round-to auto on {device}: GPU matrix tiles; "
                   f"narrowest pruned MLP {min(widths)} channels; --round-to 1 turns it off)")
+
+
+def resolve_edges(allocation: str, min_width: float | None, layers: list[int], num_layers: int
+                  ) -> tuple[str, float | None, str | None]:
+    """``edges`` made concrete for the pruned ``layers``: ``uniform`` when the first and last layers stay whole
+    (HyWIA on SmolLM2 layers 4:28: uniform beat global on validation at 20% and 50%), else ``global`` with a
+    floor of ``EDGE_FLOOR`` unless ``min_width`` is set (all 30 layers: global won on validation: the
+    sensitive first and last layers keep more). Returns (allocation, min_width, a line saying why)."""
+    if allocation != EDGES:
+        return allocation, min_width, None
+    edges = [layer for layer in (0, num_layers - 1) if layer in layers]
+    if not edges:
+        return UNIFORM, min_width, "allocation edges: uniform (the first and last layers are not pruned)"
+    floor = EDGE_FLOOR if min_width is None else min_width
+    return GLOBAL, floor, (f"allocation edges: global with a {floor:.0%} floor (layer(s) {edges} pruned: per-layer "
+                           "widths let the sensitive first and last layers keep more)")
+

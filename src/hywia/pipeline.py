@@ -9,7 +9,7 @@ exactly what was removed and why.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torch import nn
 from .allocate import (
     ALLOCATIONS,
     AUTO_ROUND_TO,
+    EDGES,
     UNIFORM,
     allocate_scored,
     allocate_uniform,
@@ -24,6 +25,7 @@ from .allocate import (
     check_feasible,
     check_ratio,
     parse_layer_range,
+    resolve_edges,
     resolve_round_to,
 )
 from .calibration.texts import DEFAULT_CALIBRATION, calibration_samples, load_text, sequence_bos
@@ -87,7 +89,7 @@ class PruneConfig:
         spec = check_method(self.method)
         if self.allocation is None:
             self.allocation = spec.default_allocation
-        if self.min_width is None:
+        if self.min_width is None and self.allocation != EDGES:  # edges picks its floor from the layers
             self.min_width = spec.default_min_width
         if self.allocation not in ALLOCATIONS:
             raise HywiaError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
@@ -122,6 +124,7 @@ def check_plan(model: nn.Module, config: PruneConfig, device: str = "cpu") -> No
     config.validate()
     adapter = get_adapter(model)
     layers = parse_layer_range(config.layers, adapter.num_layers)
+    config, _ = _concrete_allocation(config, layers, adapter.num_layers)
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     total = count_parameters(model)
     target_ratio = target_ratio_of_all(config, total, count_embedding_parameters(model))
@@ -131,6 +134,14 @@ def check_plan(model: nn.Module, config: PruneConfig, device: str = "cpu") -> No
     check_feasible(budgets, target_ratio, total)
     if config.allocation == UNIFORM:
         _check_strict(allocate_uniform(budgets, target_ratio, total), config)
+
+
+def _concrete_allocation(config: PruneConfig, layers: list[int], num_layers: int) -> tuple[PruneConfig, str | None]:
+    """``config`` with ``--allocation edges`` resolved for these layers (``allocate.resolve_edges``)."""
+    allocation, min_width, why = resolve_edges(config.allocation, config.min_width, layers, num_layers)
+    if why is None:
+        return config, None
+    return replace(config, allocation=allocation, min_width=min_width if min_width is not None else 0.0), why
 
 
 def _check_strict(allocation, config: PruneConfig) -> None:
@@ -160,6 +171,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     for dtype in {p.dtype for p in model.parameters()}:
         check_dtype(config.method, dtype)
     layers = parse_layer_range(config.layers, adapter.num_layers)
+    config, allocation_choice = _concrete_allocation(config, layers, adapter.num_layers)
     widths_before = adapter.all_widths()
     group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
     params_before = count_parameters(model)
@@ -256,6 +268,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
     report["parameters"]["embedding"] = embedding_params
     report["parameters"]["allocation_note"] = allocation.note()
+    report["parameters"]["allocation_choice"] = allocation_choice
     report["parameters"]["round_to"] = round_to
     report["parameters"]["round_to_note"] = round_note
     report["parameters"]["achieved_ratio_non_embedding"] = (params_before - params_after) / (params_before - embedding_params)

@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
     prune.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                        help="uniform: same widths in every pruned layer (stock HF config); global: per-layer "
                             "widths by score per parameter; global-score: per-layer widths by score alone "
-                            "(FLAP's rule) (default: the method's own choice, uniform for gradient methods)")
+                            "(FLAP's rule); edges: uniform unless the first or last layer is pruned, then global with a 10%% floor "
+                            "(default: the method's own choice: edges for hywia, global-score for flap, uniform otherwise)")
     prune.add_argument("--layers", default=None, help="prune only layers A..B-1, e.g. 4:28 (default: all)")
     prune.add_argument("--round-to", default="auto",
                        help="keep MLP widths multiples of N; auto (default): 64 or 128 on GPUs (matrix tiles, "

@@ -280,7 +280,8 @@ def _objective(model, batch: torch.Tensor, dense_logits: torch.Tensor | None) ->
 
 
 # Defaults chosen on validation data (held-out LAMBADA + ARC-e/ARC-c/OBQA validation splits, 3 calibration
-# seeds; BENCHMARKS.md, "Issue 10, round 2"): the same widths in every layer beat global widths with a 10%
-# floor at 20% and 50% on both validation columns, so the output is a stock config too.
+# seeds; BENCHMARKS.md, "Issue 10, round 2"): with the first and last layers left whole (layers 4:28) the same
+# widths in every layer beat global widths at 20% and 50%; pruning all layers, global widths with a 10% floor
+# won (the first and last layers keep more). ``edges`` picks between the two from the pruned layers.
 register_method(MethodSpec("hywia", "grad", "HyWIA: fine Taylor + coarse compensated-removal importance fused by learned attention",
-                           score_hywia))
+                           score_hywia, default_allocation="edges"))
