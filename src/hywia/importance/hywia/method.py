@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from tqdm.auto import tqdm
 
+from ...calibration.layerwise import GramStats
 from ...errors import HywiaError
 from ...models.groups import MLP
 from ...models.placement import input_device
-from ...calibration.layerwise import GramStats
 from ..compensated import compensated_removal_error, damped_inverse
 from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, top_units
