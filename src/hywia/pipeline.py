@@ -17,8 +17,10 @@ from torch import nn
 from .allocate import (
     ALLOCATIONS,
     AUTO_ROUND_TO,
+    Allocation,
     EDGES,
     UNIFORM,
+    UnitBudget,
     allocate_scored,
     allocate_uniform,
     budgets_for,
@@ -35,6 +37,7 @@ from .importance.forward_methods import add_output_bias_terms, claim_bias_compen
 from .importance.registry import top_units
 from .models import count_embedding_parameters, count_parameters
 from .models.adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
+from .models.groups import GroupSet
 from .models.placement import input_device
 from .models.surgery import apply_keep
 from .reconstruct import check_damping, reconstruct
@@ -117,23 +120,49 @@ def target_ratio_of_all(config: PruneConfig, total: int, embedding: int) -> floa
     return config.ratio
 
 
+@dataclass
+class _Plan:
+    """What ``check_plan`` and ``prune`` both derive from the model's shapes and the config."""
+
+    config: PruneConfig  # with --allocation edges made concrete
+    allocation_choice: str | None
+    layers: list[int]
+    group_sets: list[GroupSet]
+    total: int
+    embedding: int
+    target_ratio: float
+    round_to: int
+    round_note: str | None
+    budgets: list[UnitBudget]
+    uniform: Allocation | None  # uniform widths are known before scoring
+
+
+def _plan(model: nn.Module, config: PruneConfig, device: str) -> _Plan:
+    """Layer range, concrete allocation, round-to, budgets, feasibility and (uniform widths) the allocation
+    itself with --strict: every check that needs only shapes, so a bad request fails before any work."""
+    config.validate()
+    adapter = get_adapter(model)
+    layers = parse_layer_range(config.layers, adapter.num_layers)
+    config, allocation_choice = _concrete_allocation(config, layers, adapter.num_layers)
+    group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
+    total, embedding = count_parameters(model), count_embedding_parameters(model)
+    target_ratio = target_ratio_of_all(config, total, embedding)
+    params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
+    round_to, round_note = resolve_round_to(config.round_to, device, group_sets)
+    budgets = budgets_for(group_sets, params_per_unit, round_to, config.min_width)
+    check_feasible(budgets, target_ratio, total)
+    uniform = allocate_uniform(budgets, target_ratio, total) if config.allocation == UNIFORM else None
+    if uniform is not None:
+        _check_strict(uniform, config)
+    return _Plan(config, allocation_choice, layers, group_sets, total, embedding, target_ratio,
+                 round_to, round_note, budgets, uniform)
+
+
 def check_plan(model: nn.Module, config: PruneConfig, device: str = "cpu") -> None:
     """The checks ``prune`` makes before any work -- layer range, feasibility, and for uniform widths the
     allocation itself (``--strict``) -- on a model whose shapes alone matter (e.g. one on the meta device,
     so that a bad request fails before the weights are loaded); ``device``: where it will run (--round-to auto)."""
-    config.validate()
-    adapter = get_adapter(model)
-    layers = parse_layer_range(config.layers, adapter.num_layers)
-    config, _ = _concrete_allocation(config, layers, adapter.num_layers)
-    group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
-    total = count_parameters(model)
-    target_ratio = target_ratio_of_all(config, total, count_embedding_parameters(model))
-    round_to, _ = resolve_round_to(config.round_to, device, group_sets)
-    budgets = budgets_for(group_sets, {gs.key: gs.params_per_unit(model) for gs in group_sets}, round_to,
-                          config.min_width)
-    check_feasible(budgets, target_ratio, total)
-    if config.allocation == UNIFORM:
-        _check_strict(allocate_uniform(budgets, target_ratio, total), config)
+    _plan(model, config, device)
 
 
 def _concrete_allocation(config: PruneConfig, layers: list[int], num_layers: int) -> tuple[PruneConfig, str | None]:
@@ -170,22 +199,11 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
     adapter = get_adapter(model)
     for dtype in {p.dtype for p in model.parameters()}:
         check_dtype(config.method, dtype)
-    layers = parse_layer_range(config.layers, adapter.num_layers)
-    config, allocation_choice = _concrete_allocation(config, layers, adapter.num_layers)
+    plan = _plan(model, config, str(input_device(model)))  # fails on an impossible request before any work
+    config, layers, group_sets, budgets = plan.config, plan.layers, plan.group_sets, plan.budgets
+    params_before, embedding_params, target_ratio = plan.total, plan.embedding, plan.target_ratio
     widths_before = adapter.all_widths()
-    group_sets = [gs for layer in layers for gs in adapter.group_sets(layer)]
-    params_before = count_parameters(model)
-    embedding_params = count_embedding_parameters(model)
-    target_ratio = target_ratio_of_all(config, params_before, embedding_params)
-    params_per_unit = {gs.key: gs.params_per_unit(model) for gs in group_sets}
-    round_to, round_note = resolve_round_to(config.round_to, str(input_device(model)), group_sets)
-    budgets = budgets_for(group_sets, params_per_unit, round_to, config.min_width)
-
-    # Fail on an impossible request before any expensive work.
-    check_feasible(budgets, target_ratio, params_before)
-    allocation = allocate_uniform(budgets, target_ratio, params_before) if config.allocation == UNIFORM else None
-    if allocation is not None:
-        _check_strict(allocation, config)
+    allocation = plan.uniform
 
     texts: list[str] = []  # the calibration text, read once however many sample sets are drawn
 
@@ -263,14 +281,15 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         seconds=time.perf_counter() - started,
         stock_config=not (hasattr(model.config, LAYER_WIDTHS_KEY) or getattr(model.config, OUTPUT_BIAS_KEY, None)),
     )
-    # seconds per stage (allocation is inside scoring and surgery); the method's own split is in method_details
+    # seconds per stage (the allocation after scoring counts toward reconstruction); the method's own split is
+    # in method_details
     report["seconds_per_stage"] = {name: round(value, 3) for name, value in stages.items()}
     report["parameters"]["target_ratio"] = target_ratio  # of all parameters, whatever the base asked in
     report["parameters"]["embedding"] = embedding_params
     report["parameters"]["allocation_note"] = allocation.note()
-    report["parameters"]["allocation_choice"] = allocation_choice
-    report["parameters"]["round_to"] = round_to
-    report["parameters"]["round_to_note"] = round_note
+    report["parameters"]["allocation_choice"] = plan.allocation_choice
+    report["parameters"]["round_to"] = plan.round_to
+    report["parameters"]["round_to_note"] = plan.round_note
     report["parameters"]["achieved_ratio_non_embedding"] = (params_before - params_after) / (params_before - embedding_params)
     report["reconstruction"] = None if rebuilt is None else {
         "damping": config.reconstruct_damping, "samples": list(rec_samples.shape),

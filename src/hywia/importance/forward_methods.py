@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..calibration.layerwise import RunningStats, run_layerwise
-from ..models.groups import ATTN, KINDS, GroupSet
+from ..models.groups import ATTN, KINDS, GroupSet, unit_columns
 from .activation import compensation_bias, flap_importance, wanda_sp_importance
 from .registry import MethodSpec, ScoreResult, ScoringContext, register_method
 
@@ -63,10 +63,6 @@ def score_wanda_sp(context: ScoringContext) -> ScoreResult:
     """Wanda-sp scores (``importance.activation.wanda_sp_importance``) from input L2 norms."""
     scores = collect(context, lambda weight, stats, gs: wanda_sp_importance(weight, stats.l2_norm(), gs.num_units).cpu())
     return ScoreResult(scores, _engine_details(context))
-
-
-def _unit_columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
-    return (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
 
 
 # ScoreResult.details key of a method that compensates removed units with output biases (FLAP). While it
@@ -120,7 +116,7 @@ def bias_compensation(model, adapter, means: dict[Key, torch.Tensor], details: d
             num_units = next(gs.num_units for gs in adapter.group_sets(layer) if gs.kind == kind)
             removed = torch.tensor(sorted(set(range(num_units)) - set(kept.tolist())), dtype=torch.long)
             if len(removed):
-                columns = _unit_columns(removed, out.in_features // num_units)
+                columns = unit_columns(removed, out.in_features // num_units)
                 pending[(layer, kind)] = compensation_bias(out.weight, means[(layer, kind)], columns)
 
     def after_surgery() -> None:

@@ -33,6 +33,18 @@ MLP = "mlp"
 KINDS = (ATTN, MLP)
 
 
+def block_indices(units: torch.Tensor, size: int, start: int = 0) -> torch.Tensor:
+    """``[len(units), size]``: the indices of each unit's contiguous block of ``size`` along one dimension,
+    ``start + unit * size + (0 .. size - 1)``."""
+    units = units.to(torch.long).reshape(-1)
+    return start + units[:, None] * size + torch.arange(size, device=units.device)[None, :]
+
+
+def unit_columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
+    """Input columns of an output projection (o_proj / down_proj) owned by ``units``, in unit order."""
+    return block_indices(units, unit_size).reshape(-1)
+
+
 @dataclass(frozen=True)
 class Member:
     """One coupled tensor of a group set: ``module.<param>`` cut into blocks along ``dim``."""
@@ -54,16 +66,12 @@ class Member:
     def element_indices(self, units: torch.Tensor) -> torch.Tensor:
         """Indices along ``dim`` of the elements owned by ``units``, part by part in the tensor's order
         (slicing with them keeps a fused tensor fused: all kept query rows, then all kept key rows ...)."""
-        units = units.to(torch.long).reshape(-1)
-        pieces = [(start + units[:, None] * size + torch.arange(size, device=units.device)[None, :]).reshape(-1)
-                  for start, size in self._layout()]
-        return torch.cat(pieces)
+        return torch.cat([block_indices(units, size, start).reshape(-1) for start, size in self._layout()])
 
     def unit_order(self, num_units: int) -> torch.Tensor:
         """``[num_units * unit_size]``: the indices along ``dim`` grouped unit by unit (the index map)."""
         units = torch.arange(num_units)
-        per_part = [start + units[:, None] * size + torch.arange(size)[None, :] for start, size in self._layout()]
-        return torch.cat(per_part, dim=1).reshape(-1)
+        return torch.cat([block_indices(units, size, start) for start, size in self._layout()], dim=1).reshape(-1)
 
     def unit_blocks(self, tensor: torch.Tensor, num_units: int, dim: int | None = None) -> torch.Tensor:
         """``tensor`` with each unit's elements contiguous along ``dim`` (default the member's; 0 for a

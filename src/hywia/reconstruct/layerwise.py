@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..calibration.layerwise import GramStats, _layer_output, _to_device, capture_layer_inputs
 from ..errors import HywiaError
 from ..models.adapters import ModelAdapter
-from ..models.groups import KINDS
+from ..models.groups import KINDS, unit_columns
 from ..models.placement import input_device
 from .ridge import check_damping, relative_errors, solve_compensation
 
@@ -87,12 +87,6 @@ class Reconstruction:
 
 class _Stop(Exception):
     """Raised once the hooked projection's input was seen: the rest of the layer is not needed."""
-
-
-def unit_columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
-    """Input columns of the output projection owned by ``units`` (contiguous blocks of ``unit_size``)."""
-    units = units.to(torch.long).reshape(-1)
-    return (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
 
 
 def _columns(adapter: ModelAdapter, layer: int, kind: str, module: nn.Linear, kept_units: torch.Tensor):
