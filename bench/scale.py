@@ -147,6 +147,7 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     clock = StageClock(torch.device(device))
     with clock.stage("load"):
         loaded = load_model(str(folder), dtype=dtype, device=device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     config = PruneConfig(ratio=ratio, method=method, progress=False, num_samples=len(samples),
                          seq_len=samples.shape[1], method_options=options.get(method, {}))
     with timed_pipeline(clock):
@@ -161,11 +162,12 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     seconds["scoring, other"] = seconds.pop("scoring", 0.0) - seconds.get("gradients", 0.0) - seconds.get("fusion", 0.0)
     peaks = dict(clock.peaks)
     peaks["scoring, other"] = peaks.pop("scoring", 0)
-    return {"seconds": seconds, "peaks": peaks}
+    return {"seconds": seconds, "peaks": peaks, "weight_bytes": weight_bytes}
 
 
 def header() -> str:
-    cells = ["shape", "method", "ratio"] + [f"{s} s (GB)" for s in STAGES] + ["total s", "peak GB"]
+    cells = ["shape", "method", "ratio"] + [f"{s} s (GB)" for s in STAGES] + ["total s", "peak GB", "peak / weights",
+                                                                              "prune s", "prune peak / weights"]
     return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
 
 
@@ -178,7 +180,14 @@ def row(shape: str, method: str, ratio: float, timing: dict, cuda: bool) -> str:
         memory = f" ({timing['peaks'].get(stage, 0) / 2**30:.1f})" if cuda else ""
         cells.append(f"{timing['seconds'][stage]:.1f}{memory}")
     cells.append(f"{sum(v for v in timing['seconds'].values() if v > 0):.1f}")
-    cells.append(f"{max(timing['peaks'].values(), default=0) / 2**30:.1f}" if cuda else "-")
+    peak = max(timing["peaks"].values(), default=0)
+    pruning = [stage for stage in STAGES if stage not in ("load", "save") and timing["seconds"].get(stage, -1) >= 0]
+    prune_peak = max((timing["peaks"].get(stage, 0) for stage in pruning), default=0)
+    weights = timing["weight_bytes"]
+    cells.append(f"{peak / 2**30:.1f}" if cuda else "-")
+    cells.append(f"{peak / weights:.2f}x" if cuda else "-")
+    cells.append(f"{sum(timing['seconds'][stage] for stage in pruning):.1f}")
+    cells.append(f"{prune_peak / weights:.2f}x" if cuda else "-")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -191,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128, help="calibration length in tokens (default 128)")
     parser.add_argument("--hywia-steps", type=int, default=None, help="HyWIA's fusion steps (default: its own)")
     parser.add_argument("--scratch", default=None, help="folder for the random models (default: a temp folder)")
+    parser.add_argument("--keep", default=None,
+                        help="keep the dense and pruned folders here (DIR/SHAPE, DIR/SHAPE-METHOD-RATIO) for bench-speed")
     parser.add_argument("--tiny", action="store_true", help="one tiny shape on the CPU, 4 samples of 16 tokens")
     args = parser.parse_args(argv)
 
@@ -209,25 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     print(header(), flush=True)
     try:
         for shape_name, shape in shapes.items():
-            folder = scratch / shape_name
+            folder = Path(args.keep) / shape_name if args.keep else scratch / shape_name
             if not (folder / "config.json").is_file():
                 write_random_model(shape, folder, getattr(torch, dtype), torch.device(device))
             samples = torch.randint(0, shape["vocab_size"], (args.samples, args.seq_len),
                                     generator=torch.Generator().manual_seed(0))
             for method in args.methods:
                 for ratio in args.ratios:
-                    timing = run_one(folder, scratch / "out", method, ratio, samples, device=device, dtype=dtype,
-                                     options=options)
+                    out = Path(args.keep) / f"{shape_name}-{method}-{ratio:g}" if args.keep else scratch / "out"
+                    timing = run_one(folder, out, method, ratio, samples, device=device, dtype=dtype, options=options)
                     print(row(shape_name, method, ratio, timing, cuda), flush=True)
             shutil.rmtree(scratch / "out", ignore_errors=True)
-            if args.scratch is None:  # 13B in bf16 is 26 GB: one shape on disk at a time
+            if args.scratch is None and args.keep is None:  # 13B in bf16 is 26 GB: one shape on disk at a time
                 shutil.rmtree(folder, ignore_errors=True)
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{args.samples} calibration samples x {args.seq_len} tokens, {dtype} on {device}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else "")
-          + "; seconds per stage (peak allocated GB during the stage); '-': the method has no such stage.")
+          + "; seconds per stage (peak allocated GB during the stage); '-': the method has no such stage; "
+          "'prune': the stages between load and save; '/ weights': over the loaded model's weight bytes.")
     return 0
 
 

@@ -147,3 +147,45 @@ def test_checkpointing_touches_only_the_layer_modules_and_restores_them():
         assert layer.training and layer.gradient_checkpointing and not layer.self_attn.training
     assert {name: (m.training, getattr(m, "gradient_checkpointing", None)) for name, m in model.named_modules()} == before
     assert all("_gradient_checkpointing_func" not in m.__dict__ for m in model.modules())
+
+
+def test_chunked_passes_give_the_same_statistics_within_the_buffer_budget(calib_ids):
+    """A budget smaller than the running sums splits the tensors into several calibration passes: the
+    scores equal the one-pass reference (full gradients, computed independently), the running sums never
+    exceed the budget when every tensor fits in it, and the tensors' requires_grad flags come back."""
+    model = build_tiny("llama-gqa")
+    group_sets = all_group_sets(model)
+    tensors = prunable_tensors(model, group_sets)
+    largest = max(t.numel() * 4 for t in tensors.values())
+    expected = reference_scores(model, group_sets, calib_ids)
+    for options in (dict(batch_size=2), dict(batch_size=1, with_fisher=True)):
+        budget = 2 * largest if options.get("with_fisher") else largest
+        got, stats = streamed_scores(model, group_sets, calib_ids, buffer_budget=budget, **options)
+        assert stats.passes > 2 and stats.peak_buffer_bytes <= budget, (options, stats.passes)
+        for key, methods in got.items():
+            for method, scores in methods.items():
+                torch.testing.assert_close(scores.double(), expected[key][method], rtol=1e-4, atol=1e-9,
+                                           msg=f"{key} {method} {options}")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_one_micro_batch_needs_one_pass_and_no_buffer_whatever_the_budget(calib_ids):
+    model = build_tiny("llama-gqa")
+    group_sets = all_group_sets(model)
+    stats = collect_gradients(model, prunable_tensors(model, group_sets), calib_ids, dims=prunable_dims(group_sets),
+                              batch_size=len(calib_ids), buffer_budget=1, progress=False)
+    assert (stats.passes, stats.peak_buffer_bytes, stats.micro_batch) == (1, 0, len(calib_ids))
+
+
+def test_auto_micro_batch_follows_the_activation_share():
+    from hywia.calibration import gradients
+
+    model = build_tiny("llama-gqa")
+    config = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_token = config.vocab_size * 16 + (config.hidden_size * config.num_hidden_layers
+                                          + 4 * config.intermediate_size + 8 * config.hidden_size) * 4
+    expected = int(gradients.ACTIVATION_SHARE * weight_bytes // (per_token * 4))
+    assert gradients.auto_micro_batch(model, 4, 10_000) == max(1, expected)
+    assert gradients.auto_micro_batch(model, 4, 1) == 1
+    assert gradients.auto_micro_batch(model, 10**9, 50, floor=3) == 3

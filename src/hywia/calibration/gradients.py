@@ -29,6 +29,14 @@ and sets ``.grad`` to None, so at most one tensor's ``.grad`` is alive at a time
 The buffers do not grow with the number of samples. The reduction works in float32 chunks of at most
 ``REDUCE_CHUNK`` elements, so its transient memory is bounded too.
 
+A ``buffer_budget`` (bytes) bounds the running sums: the tensors are split into consecutive chunks whose
+buffers fit in it, and the calibration set is passed once per chunk with only that chunk's tensors
+requiring gradients (``plan_passes``). Sums are per tensor, so the statistics are the same; the cost is
+one extra forward (and a backward that stops at the chunk's first layer) per chunk. On CUDA the scorers
+first pick the largest micro-batch whose activations fit in ``ACTIVATION_SHARE`` of the weights
+(``auto_micro_batch``): when the whole calibration set fits, there are no running sums at all, else the
+budget is ``BUFFER_SHARE`` of the weights, so the peak stays near 1.25x the weights on a 7B model.
+
 With ``accumulator="model"`` a bfloat16 model's running sums are bfloat16: each addition rounds to 8
 mantissa bits (relative 2^-9), about sqrt(K) * 2^-9 per element over K micro-batches; summed over a unit's
 elements this averages out: on a tiny bf16 Llama with 64 one-sample micro-batches the Element scores moved
@@ -54,6 +62,8 @@ from ..models.placement import input_device
 
 ACCUMULATORS = ("float32", "model")
 REDUCE_CHUNK = 1 << 24  # elements per float32 chunk of a per-slice reduction
+ACTIVATION_SHARE = 0.1  # of the model's weight bytes: what one gradient micro-batch may take (``auto_micro_batch``)
+BUFFER_SHARE = 0.15  # of the prunable weight bytes: the running sums' budget on CUDA (``plan_passes``)
 
 
 @dataclass
@@ -87,6 +97,8 @@ class GradientStats:
     accumulator: str
     peak_buffer_bytes: int  # the running sums' largest total size during the pass
     checkpointing: bool
+    passes: int = 1  # calibration passes (one per chunk of tensors, ``plan_passes``)
+    micro_batch: int = 1  # samples per forward/backward
 
 
 def _slice_sums(weight: torch.Tensor, dim: int, terms) -> dict[str, torch.Tensor]:
@@ -261,6 +273,44 @@ def activation_checkpointing(model: nn.Module, enabled: bool):
                 module._gradient_checkpointing_func = func
 
 
+def buffer_bytes(tensor: torch.Tensor, accumulator: str, with_fisher: bool) -> int:
+    """Bytes of one tensor's running sums: g (and F), in float32 or in the tensor's own dtype."""
+    size = 4 if accumulator == "float32" else tensor.element_size()
+    return tensor.numel() * size * (2 if with_fisher else 1)
+
+
+def plan_passes(tensors: dict[str, torch.Tensor], *, needs_sums: bool, accumulator: str, with_fisher: bool,
+                budget: int | None) -> list[list[str]]:
+    """Consecutive chunks of tensor names whose running sums fit in ``budget`` bytes (a tensor larger than
+    the budget gets a chunk of its own); one chunk when no running sums are needed or there is no budget."""
+    names = list(tensors)
+    if not needs_sums or budget is None:
+        return [names]
+    chunks, current, used = [], [], 0
+    for name in names:
+        size = buffer_bytes(tensors[name], accumulator, with_fisher)
+        if current and used + size > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    return chunks + [current] if current else chunks
+
+
+def auto_micro_batch(model: nn.Module, seq_len: int, num_samples: int, floor: int = 1) -> int:
+    """Samples per gradient micro-batch on CUDA: as many as keep one micro-batch's activations (logits and
+    their gradient in float32, the checkpointed layer inputs, one layer recomputed) within
+    ``ACTIVATION_SHARE`` of the model's weight bytes; at least ``floor``, at most ``num_samples``."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    element = next(model.parameters()).element_size()
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    wide = getattr(config, "intermediate_size", None) or 4 * hidden
+    per_token = config.vocab_size * 16 + (hidden * layers + 4 * wide + 8 * hidden) * element
+    fits = int(ACTIVATION_SHARE * weight_bytes // (per_token * max(1, seq_len)))
+    return max(1, min(num_samples, max(floor, fits)))
+
+
 def collect_gradients(
     model: nn.Module,
     tensors: dict[str, nn.Parameter],
@@ -272,12 +322,15 @@ def collect_gradients(
     batch_size: int = 1,
     accumulator: str = "float32",
     checkpointing: bool | None = None,
+    buffer_budget: int | None = None,
     progress: bool = True,
 ) -> GradientStats:
     """Per-slice saliency sums of ``tensors`` (slices along ``dims[name]``, default 0) over ``samples`` [N, L].
 
     ``elementwise`` adds the sums of |s| (Element scores; needs running sums of g), ``with_fisher`` the
     second-order saliency (one sample per backward). ``checkpointing=None``: on when the model is on CUDA.
+    ``buffer_budget``: at most this many bytes of running sums at once (one calibration pass per chunk of
+    tensors, ``plan_passes``); None: one pass.
     """
     if accumulator not in ACCUMULATORS:
         raise HywiaError(f"the gradient accumulator must be one of {', '.join(ACCUMULATORS)}, got {accumulator!r}")
@@ -292,28 +345,40 @@ def collect_gradients(
         p.grad = None
     model.eval()
     step = 1 if with_fisher else max(1, batch_size)
-    streamer = _Streamer(tensors, dims, len(samples), elementwise=elementwise, with_fisher=with_fisher,
-                         accumulator=accumulator)
     starts = range(0, len(samples), step)
+    needs_sums = (elementwise or with_fisher) and len(starts) > 1
+    passes = plan_passes(tensors, needs_sums=needs_sums, accumulator=accumulator, with_fisher=with_fisher,
+                         budget=buffer_budget)
+    slices, peak = {}, 0
     try:
-        streamer.install()
         with activation_checkpointing(model, checkpointing) as checkpointed:
-            for start in tqdm(starts, desc="gradients", disable=not progress, leave=False):
-                batch = samples[start : start + step].to(device)
-                streamer.final = start == starts[-1]
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss * len(batch)
-                if not torch.isfinite(loss):
-                    raise HywiaError(f"the calibration loss is {loss.item()} on samples {start}..{start + len(batch) - 1}; "
-                                     "the model produces NaN/inf (try --dtype float32)")
-                loss.backward()
-                del loss
-        slices = streamer.stats()
+            for number, chunk in enumerate(passes, 1):
+                chunk_tensors = {name: tensors[name] for name in chunk}
+                for name in tensors:
+                    tensors[name].requires_grad_(name in chunk_tensors)
+                streamer = _Streamer(chunk_tensors, {name: dims[name] for name in chunk}, len(samples),
+                                     elementwise=elementwise, with_fisher=with_fisher, accumulator=accumulator)
+                label = "gradients" if len(passes) == 1 else f"gradients (pass {number}/{len(passes)})"
+                try:
+                    streamer.install()
+                    for start in tqdm(starts, desc=label, disable=not progress, leave=False):
+                        batch = samples[start : start + step].to(device)
+                        streamer.final = start == starts[-1]
+                        loss = model(input_ids=batch, labels=batch, use_cache=False).loss * len(batch)
+                        if not torch.isfinite(loss):
+                            raise HywiaError(f"the calibration loss is {loss.item()} on samples {start}..{start + len(batch) - 1}; "
+                                             "the model produces NaN/inf (try --dtype float32)")
+                        loss.backward()
+                        del loss
+                    slices.update(streamer.stats())
+                    peak = max(peak, streamer.peak_buffer_bytes)
+                finally:
+                    streamer.remove()
     finally:
-        streamer.remove()
         for name, p in model.named_parameters():
             p.requires_grad_(saved_flags[name])
             p.grad = None
         model.train(was_training)
-    return GradientStats(slices, len(samples), with_fisher, streamer.elementwise, accumulator,
-                         streamer.peak_buffer_bytes, checkpointed)
+    return GradientStats(slices, len(samples), with_fisher, elementwise or with_fisher, accumulator, peak,
+                         checkpointed, passes=len(passes), micro_batch=step)
 

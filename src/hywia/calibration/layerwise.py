@@ -152,19 +152,24 @@ def capture_layer_inputs(model: nn.Module, adapter: ModelAdapter, samples: torch
             return type(value)(moved(v) for v in value)
         return value
 
+    saved = [layer.__dict__.get("forward") for layer in layers]  # accelerate hooks live there
+    returns_tuple: list[bool] = []  # whether the layers return (hidden_states, ...) or a bare tensor
+
     def pass_through(index: int):
         def forward(*args, **call_kwargs):
+            if not returns_tuple:  # one real call of the first layer tells how the model unpacks its layers
+                original = saved[0] or type(layers[0]).forward.__get__(layers[0])
+                returns_tuple.append(isinstance(original(*args, **call_kwargs), tuple))
             hidden_states = args[0] if args else call_kwargs.pop("hidden_states")
             if index == 0:
                 hidden.append(moved(hidden_states))
             kwargs[index].append({k: moved(v) for k, v in call_kwargs.items()})
             if index == len(layers) - 1:
                 raise _StopForward
-            return hidden_states
+            return (hidden_states,) if returns_tuple[0] else hidden_states
 
         return forward
 
-    saved = [layer.__dict__.get("forward") for layer in layers]  # accelerate hooks live there
     for index, layer in enumerate(layers):
         layer.forward = pass_through(index)
     try:

@@ -37,8 +37,11 @@ def damped_inverse(gram: torch.Tensor, damping: float, *, input_sum: torch.Tenso
     if not torch.isfinite(g).all():
         raise HywiaError("the calibration activations contain inf or NaN (run in float32 or bfloat16)")
     lam = damping * float(g.diagonal().mean().clamp_min(1e-30))
-    h = g + lam * torch.eye(g.shape[0], dtype=torch.float64, device=g.device)
-    return torch.cholesky_inverse(torch.linalg.cholesky(h))
+    h = g.clone() if g is gram else g  # d_in^2 float64 matrices are large: no identity, no extra copies
+    h.diagonal().add_(lam)
+    factor = torch.linalg.cholesky(h)
+    del h
+    return torch.cholesky_inverse(factor)
 
 
 def compensated_removal_error(weight: torch.Tensor, inverse: torch.Tensor, num_units: int) -> torch.Tensor:

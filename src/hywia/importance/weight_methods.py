@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..calibration.gradients import GradientStats, collect_gradients
+from ..calibration.gradients import BUFFER_SHARE, GradientStats, auto_micro_batch, collect_gradients
 from ..errors import HywiaError
 from ..models.groups import GroupSet, get_tensor, unit_view
+from ..models.placement import input_device
 from .magnitude import l1_importance, l2_importance, random_importance
 from .registry import METHODS, MethodSpec, ScoreResult, ScoringContext, register_method
 from .taylor import elementwise_importance, groupwise_importance, vectorwise_importance
@@ -106,15 +107,25 @@ def prunable_dims(group_sets: list[GroupSet]) -> dict[str, int]:
 
 
 def gradient_stats(context: ScoringContext, with_fisher: bool, elementwise: bool = True) -> GradientStats:
-    """Per-slice saliency sums of every prunable tensor (``elementwise``: with the sums of |s| too)."""
+    """Per-slice saliency sums of every prunable tensor (``elementwise``: with the sums of |s| too).
+
+    On CUDA, where memory binds, the micro-batch grows to what ``auto_micro_batch`` allows (the whole
+    calibration set when it fits: no running sums) and the running sums get ``BUFFER_SHARE`` of the
+    prunable weights (``plan_passes``); on the CPU one pass with ``--batch-size`` micro-batches (fastest)."""
+    tensors = prunable_tensors(context.model, context.group_sets)
+    batch_size, budget = context.batch_size, None
+    if input_device(context.model).type == "cuda":
+        batch_size = auto_micro_batch(context.model, context.samples.shape[1], len(context.samples), context.batch_size)
+        budget = int(BUFFER_SHARE * sum(t.numel() * t.element_size() for t in tensors.values()))
     return collect_gradients(
         context.model,
-        prunable_tensors(context.model, context.group_sets),
+        tensors,
         context.samples,
         dims=prunable_dims(context.group_sets),
         elementwise=elementwise,
         with_fisher=with_fisher,
-        batch_size=context.batch_size,
+        batch_size=batch_size,
+        buffer_budget=budget,
         progress=context.progress,
     )
 

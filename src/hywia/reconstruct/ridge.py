@@ -112,7 +112,8 @@ def solve_compensation(
     if math.isinf(lam) or len(kept) == 0 or len(removed) == 0:
         delta, solver = torch.zeros(w.shape[0], len(kept), dtype=torch.float64, device=device), CHOLESKY
     else:
-        system = g_ss + lam * torch.eye(len(kept), dtype=torch.float64, device=device)
+        system = g_ss  # a fresh copy (index_select): the ridge goes on its diagonal in place, no identity
+        system.diagonal().add_(lam)
         # D A = B with A symmetric  <=>  A D^T = B^T
         solution, solver = solve_symmetric(system, (w_r @ g_rs).T)
         delta = solution.T

@@ -34,8 +34,12 @@ from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs,
 
 LOSSES = ("lm", "kl")
 COARSE = ("compensated", "taylor")
-DENSE_CACHE_BYTES = 1 << 30  # on CPU the dense logits of all calibration samples are kept when they fit in this
-DENSE_CACHE_GPU_SHARE = 0.25  # on a GPU: when they fit in this share of its free memory
+# The dense logits of all calibration samples are kept when they fit in the larger of DENSE_CACHE_BYTES and
+# DENSE_CACHE_WEIGHT_SHARE of the model's weights (on a GPU also within DENSE_CACHE_GPU_SHARE of its free
+# memory); else they are recomputed per step, so the fusion's peak does not grow with the calibration size.
+DENSE_CACHE_BYTES = 1 << 30
+DENSE_CACHE_WEIGHT_SHARE = 0.1
+DENSE_CACHE_GPU_SHARE = 0.25
 
 
 @dataclass
@@ -219,7 +223,7 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
     losses = []
     generator = torch.Generator().manual_seed(context.seed)
     vocab = model.get_output_embeddings().weight.shape[0]
-    cache_fits = samples.numel() * vocab * 4 <= _cache_budget(device)
+    cache_fits = samples.numel() * vocab * 4 <= _cache_budget(model, device)
     dense_cache = _dense_logits(model, samples.to(device)) if opts.loss == "kl" and cache_fits else None
     try:
         with gated(model, context.adapter, context.group_sets) as gates:
@@ -257,11 +261,13 @@ def _on_device(masks: dict, device: torch.device) -> dict:
     return dict(zip(masks, flat.split([len(m) for m in masks.values()])))
 
 
-def _cache_budget(device: torch.device) -> int:
+def _cache_budget(model, device: torch.device) -> int:
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = max(DENSE_CACHE_BYTES, int(DENSE_CACHE_WEIGHT_SHARE * weight_bytes))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DENSE_CACHE_GPU_SHARE)
-    return DENSE_CACHE_BYTES
+        budget = min(budget, int(free * DENSE_CACHE_GPU_SHARE))
+    return budget
 
 
 @torch.no_grad()
