@@ -185,7 +185,14 @@ def test_auto_micro_batch_follows_the_activation_share():
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     per_token = config.vocab_size * 16 + (config.hidden_size * config.num_hidden_layers
                                           + 4 * config.intermediate_size + 8 * config.hidden_size) * 4
-    expected = int(gradients.ACTIVATION_SHARE * weight_bytes // (per_token * 4))
-    assert gradients.auto_micro_batch(model, 4, 10_000) == max(1, expected)
+    expected = int(max(gradients.BUDGET_FLOOR, gradients.ACTIVATION_SHARE * weight_bytes) // (per_token * 4))
+    assert gradients.auto_micro_batch(model, 4, 10**9) == max(1, expected)
     assert gradients.auto_micro_batch(model, 4, 1) == 1
     assert gradients.auto_micro_batch(model, 10**9, 50, floor=3) == 3
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(gradients, "BUDGET_FLOOR", 0)
+    try:
+        assert gradients.auto_micro_batch(model, 4, 10**9) == max(1, int(gradients.ACTIVATION_SHARE * weight_bytes
+                                                                         // (per_token * 4)))
+    finally:
+        monkey.undo()

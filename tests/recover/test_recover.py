@@ -227,3 +227,21 @@ def test_card_copies_license_and_base_model_of_the_embedded_model():
     assert facts == {"license": "apache-2.0", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}
     front = yaml.safe_load(front_matter({"model_source": str(default_model_path())}).strip("-\n"))
     assert front["license"] == "apache-2.0" and front["tags"] == ["pruned", "hywia", "structured-pruning"]
+
+
+def test_micro_batch_is_the_largest_power_of_two_that_divides_the_batch_and_fits():
+    from hywia.recover.train import micro_batch_for
+
+    assert micro_batch_for(128, 10, 10**9, floor=1) == 128
+    assert micro_batch_for(128, 10, 335, floor=1) == 32  # 64 * 10 > 335
+    assert micro_batch_for(96, 1, 10**9, floor=1) == 32  # powers of two dividing 96
+    assert micro_batch_for(128, 10**12, 1, floor=1) == 1
+    assert micro_batch_for(128, 1, 4) == 4 and micro_batch_for(6, 1, 4) == 2  # the CPU's 4 when it divides
+
+
+def test_default_micro_batch_on_the_cpu_is_llm_pruners():
+    from hywia.recover.train import RecoverConfig, resolve_micro_batch
+
+    model = torch.nn.Linear(2, 2)
+    assert resolve_micro_batch(model, RecoverConfig(), torch.device("cpu")) == 4
+    assert resolve_micro_batch(model, RecoverConfig(micro_batch_size=8), torch.device("cpu")) == 8

@@ -35,7 +35,8 @@ requiring gradients (``plan_passes``). Sums are per tensor, so the statistics ar
 one extra forward (and a backward that stops at the chunk's first layer) per chunk. On CUDA the scorers
 first pick the largest micro-batch whose activations fit in ``ACTIVATION_SHARE`` of the weights
 (``auto_micro_batch``): when the whole calibration set fits, there are no running sums at all, else the
-budget is ``BUFFER_SHARE`` of the weights, so the peak stays near 1.25x the weights on a 7B model.
+budget is ``BUFFER_SHARE`` of the weights (both at least ``BUDGET_FLOOR``), so the peak stays near 1.25x
+the weights on a 7B model while a 135M model keeps one pass.
 
 With ``accumulator="model"`` a bfloat16 model's running sums are bfloat16: each addition rounds to 8
 mantissa bits (relative 2^-9), about sqrt(K) * 2^-9 per element over K micro-batches; summed over a unit's
@@ -64,6 +65,7 @@ ACCUMULATORS = ("float32", "model")
 REDUCE_CHUNK = 1 << 24  # elements per float32 chunk of a per-slice reduction
 ACTIVATION_SHARE = 0.1  # of the model's weight bytes: what one gradient micro-batch may take (``auto_micro_batch``)
 BUFFER_SHARE = 0.15  # of the prunable weight bytes: the running sums' budget on CUDA (``plan_passes``)
+BUDGET_FLOOR = 1 << 30  # both budgets are at least 1 GiB: small models need no extra passes or tiny micro-batches
 
 
 @dataclass
@@ -300,14 +302,15 @@ def plan_passes(tensors: dict[str, torch.Tensor], *, needs_sums: bool, accumulat
 def auto_micro_batch(model: nn.Module, seq_len: int, num_samples: int, floor: int = 1) -> int:
     """Samples per gradient micro-batch on CUDA: as many as keep one micro-batch's activations (logits and
     their gradient in float32, the checkpointed layer inputs, one layer recomputed) within
-    ``ACTIVATION_SHARE`` of the model's weight bytes; at least ``floor``, at most ``num_samples``."""
+    ``ACTIVATION_SHARE`` of the model's weight bytes (or ``BUDGET_FLOOR``); at least ``floor``, at most
+    ``num_samples``."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     element = next(model.parameters()).element_size()
     hidden, layers = config.hidden_size, config.num_hidden_layers
     wide = getattr(config, "intermediate_size", None) or 4 * hidden
     per_token = config.vocab_size * 16 + (hidden * layers + 4 * wide + 8 * hidden) * element
-    fits = int(ACTIVATION_SHARE * weight_bytes // (per_token * max(1, seq_len)))
+    fits = int(max(BUDGET_FLOOR, ACTIVATION_SHARE * weight_bytes) // (per_token * max(1, seq_len)))
     return max(1, min(num_samples, max(floor, fits)))
 
 

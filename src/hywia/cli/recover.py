@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--cutoff", type=int, default=d.cutoff, help="tokens per example")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
-                        help="examples per forward pass (gradient accumulation up to --batch-size)")
+                        help="examples per forward pass (gradient accumulation up to --batch-size); default: 4 on "
+                             "the CPU, on a GPU the largest power of two dividing --batch-size whose activations "
+                             "fit in a quarter of its free memory")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup (at most 10%% of the steps)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out validation share")
     parser.add_argument("--max-val", type=int, default=d.max_val, help="at most N validation examples")

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..calibration.gradients import BUFFER_SHARE, GradientStats, auto_micro_batch, collect_gradients
+from ..calibration.gradients import BUDGET_FLOOR, BUFFER_SHARE, GradientStats, auto_micro_batch, collect_gradients
 from ..errors import HywiaError
 from ..models.groups import GroupSet, get_tensor, unit_view
 from ..models.placement import input_device
@@ -116,7 +116,7 @@ def gradient_stats(context: ScoringContext, with_fisher: bool, elementwise: bool
     batch_size, budget = context.batch_size, None
     if input_device(context.model).type == "cuda":
         batch_size = auto_micro_batch(context.model, context.samples.shape[1], len(context.samples), context.batch_size)
-        budget = int(BUFFER_SHARE * sum(t.numel() * t.element_size() for t in tensors.values()))
+        budget = int(max(BUDGET_FLOOR, BUFFER_SHARE * sum(t.numel() * t.element_size() for t in tensors.values())))
     return collect_gradients(
         context.model,
         tensors,

@@ -3,7 +3,8 @@
 Recipe (LLM-Pruner's, METHOD.md section 5): LoRA r=8, alpha=16, dropout 0.05 on every prunable
 projection (``adapter.lora_targets()``), AdamW lr 1e-4 with linear warmup (``warmup_steps``) and linear
 decay, 2 epochs, cutoff 256 tokens, ``batch_size`` examples per update as ``micro_batch_size``-sized
-micro-batches with gradient accumulation. bf16 on GPUs that support it, fp32 on the CPU; fp16 is refused.
+micro-batches with gradient accumulation (4 on the CPU, as LLM-Pruner; on a GPU as large as a quarter of the
+free memory allows: the same update with fewer kernel launches). bf16 on GPUs that support it, fp32 on the CPU; fp16 is refused.
 
 A *step* is one optimizer update. Checkpoints (``checkpoint_dir``) hold the LoRA weights, the optimizer,
 the RNG states, the step and the data position (epoch, index into that epoch's seeded order), so a
@@ -45,7 +46,7 @@ class RecoverConfig:
     max_steps: int | None = None
     cutoff: int = 256
     batch_size: int = 128  # examples per optimizer step
-    micro_batch_size: int = 4  # examples per forward/backward
+    micro_batch_size: int | None = None  # examples per forward/backward; None: ``micro_batch_for`` (4 on the CPU)
     warmup_steps: int = 100  # capped at 10% of the steps
     weight_decay: float = 0.0
     val_fraction: float = 0.05
@@ -65,9 +66,11 @@ class RecoverConfig:
         if self.objective not in OBJECTIVES:
             raise HywiaError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("rank", "alpha", "batch_size", "micro_batch_size", "eval_every", "cutoff"):
+            if name == "micro_batch_size" and self.micro_batch_size is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise HywiaError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
-        if self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise HywiaError(f"--batch-size ({self.batch_size}) must be a multiple of --micro-batch-size "
                              f"({self.micro_batch_size})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -116,6 +119,43 @@ def training_dtype(model: nn.Module, requested: str = "auto") -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+CPU_MICRO_BATCH = 4  # LLM-Pruner's micro-batch
+GPU_MEMORY_SHARE = 0.25  # of the free GPU memory one micro-batch's activations may take
+
+
+def micro_batch_for(batch_size: int, example_bytes: int, budget: int, floor: int = CPU_MICRO_BATCH) -> int:
+    """The largest power of two that divides ``batch_size`` and keeps ``size * example_bytes <= budget`` (at
+    least 1; at least ``floor`` when that divides ``batch_size``). Micro-batches only split the gradient
+    accumulation, so the update is the same; larger ones launch fewer kernels per token."""
+    size = 1
+    while batch_size % (2 * size) == 0 and (2 * size) * example_bytes <= budget:
+        size *= 2
+    return max(size, floor) if batch_size % floor == 0 else size
+
+
+def example_bytes(model: nn.Module, cutoff: int, distill: bool) -> int:
+    """Activation bytes of one training example of ``cutoff`` tokens (no checkpointing): float32 logits with
+    their log-softmaxes (and the teacher's), plus each layer's hidden and MLP activations."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    element = next(model.parameters()).element_size()
+    wide = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    logits = config.vocab_size * 4 * (6 if distill else 3)
+    layers = config.num_hidden_layers * (16 * config.hidden_size + 6 * wide) * element
+    return cutoff * (logits + layers)
+
+
+def resolve_micro_batch(model: nn.Module, config: RecoverConfig, device: torch.device) -> int:
+    """``config.micro_batch_size``, or on a GPU the largest that fits ``GPU_MEMORY_SHARE`` of its free memory
+    (``micro_batch_for``), else ``CPU_MICRO_BATCH``."""
+    if config.micro_batch_size is not None:
+        return config.micro_batch_size
+    if device.type != "cuda":
+        return micro_batch_for(config.batch_size, 1, CPU_MICRO_BATCH)
+    free, _ = torch.cuda.mem_get_info(device)
+    need = example_bytes(model, config.cutoff, config.objective == "distill")
+    return micro_batch_for(config.batch_size, need, int(free * GPU_MEMORY_SHARE), floor=1)
 
 
 def _lora_model(model: nn.Module, config: RecoverConfig):
@@ -292,6 +332,7 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
     if config.max_steps is not None:  # as transformers' Trainer: max_steps overrides the epochs
         total = config.max_steps
     warmup = min(config.warmup_steps, total // 10)
+    micro = resolve_micro_batch(model, config, device)
 
     torch.manual_seed(config.seed)
     peft_model = _lora_model(model, config)
@@ -309,7 +350,7 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
         step, epoch, position, curves = state["step"], state["epoch"], state["position"], state["curves"]
         best_val = state.get("best_validation", math.inf)
     if not curves["validation"]:
-        obj, ce = validation_loss(peft_model, teacher, data.validation, pad_id, device, config.micro_batch_size,
+        obj, ce = validation_loss(peft_model, teacher, data.validation, pad_id, device, micro,
                                   config.temperature)
         curves["validation"].append({"step": 0, "loss": obj, "ce": ce})
 
@@ -335,8 +376,8 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
             batch = [data.train[i] for i in order[position : position + config.batch_size]]
             n_scored = sum(int(mask[1:].sum()) for _, mask in batch)
             loss_total = 0.0
-            for start in range(0, len(batch), config.micro_batch_size):
-                obj, _, _ = _forward_losses(peft_model, teacher, batch[start : start + config.micro_batch_size],
+            for start in range(0, len(batch), micro):
+                obj, _, _ = _forward_losses(peft_model, teacher, batch[start : start + micro],
                                             pad_id, device, config.temperature)
                 (obj / max(n_scored, 1)).backward()  # gradient accumulation: a token-weighted mean per update
                 loss_total += obj.item()
@@ -352,7 +393,7 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
             bar.update(1)
             if step % config.eval_every == 0 or step == total:
                 obj, ce = validation_loss(peft_model, teacher, data.validation, pad_id, device,
-                                          config.micro_batch_size, config.temperature)
+                                          micro, config.temperature)
                 curves["validation"].append({"step": step, "loss": obj, "ce": ce})
                 if obj < best_val:
                     best_val, best = obj, _lora_state(peft_model)
@@ -386,7 +427,8 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
     merged.eval()
     recovery = {
         "recipe": {**config.to_dict(), "method": "LoRA (peft)", "targets": get_adapter(merged).lora_targets(),
-                   "training_dtype": str(dtype).replace("torch.", ""), "steps": total, "warmup": warmup},
+                   "training_dtype": str(dtype).replace("torch.", ""), "steps": total, "warmup": warmup,
+                   "micro_batch_size_used": micro},
         "data": {**data.provenance, "source": source},
         "teacher": None,
         "objective": config.objective,
