@@ -4,6 +4,8 @@ distillation from the dense model), on BoolQ-passages perplexity and the paper's
     source bench/device_env.sh && python bench/recovery.py --device cuda            # the issue's table
     source bench/device_env.sh && python bench/recovery.py --device cuda --ratios 0.2 --methods hywia \
         --objectives distill --max-steps 50 --limit 200 --out-jsonl /tmp/quick.jsonl
+    source bench/device_env.sh && python bench/recovery.py --device cuda --ratios 0.2 --methods hywia --objectives distill \
+        --mc val --sweep "lr=1e-4" "lr=5e-4 batch_size=32" "lr=5e-4 batch_size=32 epochs=4"   # choose a recipe
     python bench/recovery.py --tiny                    # tiny random Llama on the CPU: checks this script (~1 min)
     python bench/recovery.py --ratios 0.2 --methods flap --objectives distill --max-steps 2 --limit 5 \
         --recipe batch_size=8 --out-jsonl /tmp/check.jsonl          # SmolLM2 on the CPU: stage timings
@@ -38,7 +40,7 @@ from benchlib import REPO, machine
 from quality import mc_scores
 
 from hywia import PruneConfig, count_parameters, load_model, prune
-from hywia.calibration.texts import DEFAULT_EVALUATION, load_text, sequence_bos, tokenize
+from hywia.calibration.texts import DEFAULT_EVALUATION, held_out_ids, load_text, sequence_bos, tokenize
 from hywia.evaluate.perplexity import perplexity
 from hywia.recover import RecoverConfig, recover
 
@@ -59,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the recipe's epochs)")
     parser.add_argument("--recipe", nargs="*", default=[], metavar="KEY=VALUE",
                         help="other RecoverConfig fields, e.g. batch_size=8 data=reading-passages")
+    parser.add_argument("--sweep", nargs="*", default=None, metavar="'KEY=VALUE ...'",
+                        help="recipes to compare, each a quoted set of KEY=VALUE on top of --recipe (one row each)")
+    parser.add_argument("--mc", nargs="*", choices=("val", "paper"), default=["paper"],
+                        help="val: ARC-e/ARC-c/OBQA validation splits (to choose a recipe); paper: the 7 tasks")
     parser.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (default: full sets)")
     parser.add_argument("--eval-tokens", type=int, default=16384, help="BoolQ-passages tokens scored")
     parser.add_argument("--window", type=int, default=128)
@@ -78,10 +84,10 @@ def parse_args(argv=None):
     return args
 
 
-def recipe(args, objective: str) -> RecoverConfig:
+def recipe(args, objective: str, extra: str = "") -> RecoverConfig:
     fields = RecoverConfig.__dataclass_fields__
     overrides = {**(TINY_RECIPE if args.tiny else {}), "max_steps": args.max_steps, "progress": False}
-    for item in args.recipe:
+    for item in list(args.recipe) + extra.split():
         key, _, text = item.partition("=")
         if key not in fields:
             raise SystemExit(f"--recipe: RecoverConfig has no field {key!r}")
@@ -130,6 +136,7 @@ def main(argv=None) -> int:
     print(f"TIME load: {time.perf_counter() - started:.1f} s", flush=True)
     bos_id = sequence_bos(dense, tokenizer)
     eval_ids = tokenize(tokenizer, load_text(None, DEFAULT_EVALUATION), args.eval_tokens)
+    val_ids = held_out_ids(tokenizer, load_text("lambada", "lambada"), args.eval_tokens)  # never calibration text
     out = Path(args.out_jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
     common = {"model": args.label, "layers": args.layers, "seed": args.seed, "machine": machine()}
@@ -140,15 +147,21 @@ def main(argv=None) -> int:
         model.eval()
         with Peak(args.device) as clock:
             ppl = perplexity(model, eval_ids, window=args.window, progress=False, bos_id=bos_id).perplexity
-            mc = mc_scores(model, tokenizer, "paper", args.limit, args.batch_size)
+            val_ppl = perplexity(model, val_ids, window=args.window, progress=False, bos_id=bos_id).perplexity
+            mc = {}
+            for kind in args.mc:
+                mc.update(mc_scores(model, tokenizer, kind, args.limit, args.batch_size))
         row = {**common, "stage": stage, "params": count_parameters(model), "boolq_ppl": round(ppl, 3),
-               "docs_limit": args.limit, "eval_seconds": clock.seconds, "eval_peak_mb": clock.peak_mb, **mc, **extra}
+               "val_ppl": round(val_ppl, 3), "docs_limit": args.limit, "eval_seconds": clock.seconds,
+               "eval_peak_mb": clock.peak_mb, **mc, **extra}
         with out.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
             handle.flush()
         rows.append(row)
-        print(f"{row.get('ratio') or 0:.0%} {row.get('method') or '-':9s} {stage:8s} ppl {row['boolq_ppl']:9.2f}  "
-              f"7-task {row['mc_avg']:6.2f}  stage {row.get('seconds', 0):.1f} s  eval {clock.seconds:.1f} s", flush=True)
+        accuracy = "  ".join(f"{key} {row[key + '_avg']:6.2f}" for key in ("val_mc", "mc") if key + "_avg" in row)
+        print(f"{row.get('ratio') or 0:.0%} {row.get('method') or '-':9s} {stage:8s} {row.get('recipe_label', '')} "
+              f"ppl {row['boolq_ppl']:9.2f}  val ppl {row['val_ppl']:9.2f}  {accuracy}  stage {row.get('seconds', 0):.1f} s  "
+              f"eval {clock.seconds:.1f} s", flush=True)
         return row
 
     measure(dense, "dense", ratio=None, method=None)
@@ -163,8 +176,9 @@ def main(argv=None) -> int:
             key = {"ratio": ratio, "method": method}
             measure(pruned, "pruned", **key, achieved=params["achieved_ratio"], seconds=clock.seconds,
                     peak_mb=clock.peak_mb, prune_recipe=result.report.get("recipe"))
-            for objective in objectives:
-                rec_config = recipe(args, objective)
+            for objective, label in [(o, label) for o in objectives for label in (args.sweep or [""])]:
+                rec_config = recipe(args, objective, label)
+                key = {"ratio": ratio, "method": method, "recipe_label": label}
                 if objective == "distill" and teacher is None:
                     teacher = copy.deepcopy(dense)
                 student = copy.deepcopy(pruned)
@@ -187,11 +201,15 @@ def main(argv=None) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (ratio, method, stage); gap closed against the dense and pruned perplexity."""
+    """Markdown: one line per (ratio, method, stage, recipe); gap closed against the dense and pruned BoolQ PPL."""
     dense = next(r for r in rows if r["stage"] == "dense")
     pruned = {(r["ratio"], r["method"]): r for r in rows if r["stage"] == "pruned"}
-    lines = ["| ratio | method | stage | BoolQ PPL | 7-task avg | gap closed | stage s | tokens | peak MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(row, key):
+        return f"{row[key]:.2f}" if key in row else ""
+
+    lines = ["| ratio | method | stage | recipe | BoolQ PPL | held-out LAMBADA PPL | val MC avg | 7-task avg | gap closed "
+             "| stage s | tokens | peak MB |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gap = ""
         if r["stage"] not in ("dense", "pruned"):
@@ -199,11 +217,13 @@ def table(rows: list[dict]) -> str:
             if base != dense["boolq_ppl"]:
                 gap = f"{100 * (base - r['boolq_ppl']) / (base - dense['boolq_ppl']):.0f}%"
         ratio = f"{r['ratio']:.0%}" if r["ratio"] is not None else "-"
-        lines.append(f"| {ratio} | {r['method'] or '-'} | {r['stage']} | {r['boolq_ppl']:.2f} | {r['mc_avg']:.2f} | "
+        lines.append(f"| {ratio} | {r['method'] or '-'} | {r['stage']} | {r.get('recipe_label') or ''} | "
+                     f"{r['boolq_ppl']:.2f} | {r['val_ppl']:.2f} | {cell(r, 'val_mc_avg')} | {cell(r, 'mc_avg')} | "
                      f"{gap} | {r.get('seconds', '')} | {r.get('tokens_seen', '') or ''} | {r.get('peak_mb') or ''} |")
     limit = dense["docs_limit"]
     return "\n".join(lines) + (f"\n\nstage s / peak MB: the prune (pruned rows) or the recovery (lm, distill rows); "
-                               f"7-task: {'first ' + str(limit) + ' documents per task' if limit else 'full sets'}.")
+                               f"7-task: {'first ' + str(limit) + ' documents per task' if limit else 'full sets'}; "
+                               "val MC: ARC-e/ARC-c/OBQA validation splits (choose recipes on it and on LAMBADA).")
 
 
 if __name__ == "__main__":
