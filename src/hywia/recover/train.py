@@ -304,7 +304,8 @@ def recover(model: nn.Module, tokenizer, config: RecoverConfig, teacher: nn.Modu
     """Train LoRA adapters on ``model`` (a pruned model, changed in place), keep the adapters with the
     lowest validation loss, merge them and return the merged model with the report's ``recovery`` section.
 
-    ``teacher``: the dense model, needed for ``objective="distill"``. ``data``: a prepared
+    ``teacher``: the dense model, needed for ``objective="distill"``; it is moved to the model's device and
+    training dtype in place and frozen (a 7B teacher is not copied): pass a copy to keep the original. ``data``: a prepared
     ``RecoveryData`` (default: built from ``config.data``, see ``recover.data``).
     """
     from .data import build_data, resolve_source
