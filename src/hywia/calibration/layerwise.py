@@ -30,6 +30,13 @@ from ..errors import HywiaError
 from ..models.placement import input_device
 
 
+def _observations(x: torch.Tensor, features: int, device: torch.device) -> torch.Tensor:
+    """``x`` [..., features] as float64 rows on ``device``: every leading position is one observation."""
+    if x.shape[-1] != features:
+        raise HywiaError(f"statistics expect {features} features, got a tensor of shape {tuple(x.shape)}")
+    return x.detach().reshape(-1, features).to(device=device, dtype=torch.float64)
+
+
 class RunningStats:
     """Per-feature count, mean, M2 (sum of squared deviations from the mean) and sum of squares.
 
@@ -49,9 +56,7 @@ class RunningStats:
     @torch.no_grad()
     def add_batch(self, x: torch.Tensor) -> None:
         """Fold in ``x`` of shape ``[..., features]``: every leading position is one observation."""
-        if x.shape[-1] != self.features:
-            raise HywiaError(f"statistics expect {self.features} features, got a tensor of shape {tuple(x.shape)}")
-        rows = x.detach().reshape(-1, self.features).to(device=self.mean.device, dtype=torch.float64)
+        rows = _observations(x, self.features, self.mean.device)
         n_b = rows.shape[0]
         if n_b == 0:
             return
@@ -88,9 +93,7 @@ class GramStats:
 
     @torch.no_grad()
     def add_batch(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.features:
-            raise HywiaError(f"statistics expect {self.features} features, got a tensor of shape {tuple(x.shape)}")
-        rows = x.detach().reshape(-1, self.features).to(device=self.gram.device, dtype=torch.float64)
+        rows = _observations(x, self.features, self.gram.device)
         self.gram.addmm_(rows.T, rows)
         self.sum += rows.sum(dim=0)
         self.count += rows.shape[0]
