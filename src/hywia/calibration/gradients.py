@@ -299,17 +299,33 @@ def plan_passes(tensors: dict[str, torch.Tensor], *, needs_sums: bool, accumulat
     return chunks + [current] if current else chunks
 
 
+@dataclass(frozen=True)
+class ActivationShape:
+    """The sizes that set a forward/backward's activation memory per token."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    wide: int  # the MLP's intermediate width
+    element: int  # bytes per activation element (the model's dtype)
+
+
+def activation_shape(model: nn.Module) -> ActivationShape:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = config.hidden_size
+    return ActivationShape(config.vocab_size, hidden, config.num_hidden_layers,
+                           getattr(config, "intermediate_size", None) or 4 * hidden,
+                           next(model.parameters()).element_size())
+
+
 def auto_micro_batch(model: nn.Module, seq_len: int, num_samples: int, floor: int = 1) -> int:
     """Samples per gradient micro-batch on CUDA: as many as keep one micro-batch's activations (logits and
     their gradient in float32, the checkpointed layer inputs, one layer recomputed) within
     ``ACTIVATION_SHARE`` of the model's weight bytes (or ``BUDGET_FLOOR``); at least ``floor``, at most
     ``num_samples``."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    shape = activation_shape(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    element = next(model.parameters()).element_size()
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    wide = getattr(config, "intermediate_size", None) or 4 * hidden
-    per_token = config.vocab_size * 16 + (hidden * layers + 4 * wide + 8 * hidden) * element
+    per_token = shape.vocab * 16 + (shape.hidden * shape.layers + 4 * shape.wide + 8 * shape.hidden) * shape.element
     fits = int(max(BUDGET_FLOOR, ACTIVATION_SHARE * weight_bytes) // (per_token * max(1, seq_len)))
     return max(1, min(num_samples, max(floor, fits)))
 

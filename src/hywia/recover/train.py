@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration.gradients import activation_shape
 from ..errors import HywiaError
 from ..models.adapters import get_adapter
 
@@ -138,11 +139,9 @@ def micro_batch_for(batch_size: int, example_bytes: int, budget: int, floor: int
 def example_bytes(model: nn.Module, cutoff: int, distill: bool) -> int:
     """Activation bytes of one training example of ``cutoff`` tokens (no checkpointing): float32 logits with
     their log-softmaxes (and the teacher's), plus each layer's hidden and MLP activations."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    element = next(model.parameters()).element_size()
-    wide = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
-    logits = config.vocab_size * 4 * (6 if distill else 3)
-    layers = config.num_hidden_layers * (16 * config.hidden_size + 6 * wide) * element
+    shape = activation_shape(model)
+    logits = shape.vocab * 4 * (6 if distill else 3)
+    layers = shape.layers * (16 * shape.hidden + 6 * shape.wide) * shape.element
     return cutoff * (logits + layers)
 
 
