@@ -8,6 +8,7 @@ import torch
 from hywia.errors import HywiaError
 from hywia.importance.activation import compensation_bias
 from hywia.reconstruct import output_error, relative_errors, solve_compensation
+from hywia.reconstruct import ridge
 from hywia.reconstruct.ridge import CHOLESKY, PSEUDO_INVERSE
 
 D_OUT, D_IN, TOKENS = 5, 12, 40
@@ -114,7 +115,10 @@ def test_exact_recovery_when_removed_inputs_are_linear_in_kept_ones(intercept):
     assert after < 1e-6
 
 
-def test_relative_errors_match_a_direct_computation():
+@pytest.mark.parametrize("rows_per_chunk", [None, 2])
+def test_relative_errors_match_a_direct_computation(monkeypatch, rows_per_chunk):
+    if rows_per_chunk:  # several chunks of output rows, the last one short
+        monkeypatch.setattr(ridge, "ROW_CHUNK_BYTES", 8 * D_IN * rows_per_chunk)
     w, x, kept, removed = problem(seed=7, offset=0.3)
     fit = solve_compensation(w, x @ x.T, kept, removed, 0.1, **stats(x))
     dense = w @ x

@@ -24,37 +24,83 @@ import torch
 from ..errors import HywiaError
 
 
-def damped_inverse(gram: torch.Tensor, damping: float, *, input_sum: torch.Tensor | None = None,
-                   count: int | None = None) -> torch.Tensor:
-    """``(G + lambda I)^-1`` in float64, lambda = ``damping`` * mean(diag(G)); G centred when ``input_sum``
-    (= X^T 1) and ``count`` (= n) are given."""
+CHUNK_BYTES = 2**27  # float64 work space per chunk (128 MiB): d_in^2 copies of a 7B MLP Gram are ~1 GiB each
+
+
+def damped_factor(gram: torch.Tensor, damping: float, *, input_sum: torch.Tensor | None = None,
+                  count: int | None = None, overwrite: bool = False) -> torch.Tensor:
+    """The lower Cholesky factor L of ``H = G + lambda I`` (float64), lambda = ``damping`` * mean(diag(G));
+    G centred when ``input_sum`` (= X^T 1) and ``count`` (= n) are given. With ``overwrite`` a float64
+    ``gram`` is turned into the factor in place (the caller's Gram is consumed): no d_in^2 copy at all."""
     if damping <= 0:
         raise HywiaError(f"the compensated removal error needs a positive damping, got {damping}")
-    g = gram.to(torch.float64)
+    h = gram if overwrite and gram.dtype == torch.float64 else gram.to(torch.float64, copy=True)
     if input_sum is not None:
-        mu = input_sum.to(device=g.device, dtype=torch.float64) / max(1, count or 0)
-        g = g - (count or 0) * torch.outer(mu, mu)
-    if not torch.isfinite(g).all():
+        mu = input_sum.to(device=h.device, dtype=torch.float64) / max(1, count or 0)
+        h.addr_(mu, mu, alpha=-(count or 0))  # centring, no n x n temporary
+    if not torch.isfinite(h).all():
         raise HywiaError("the calibration activations contain inf or NaN (run in float32 or bfloat16)")
-    lam = damping * float(g.diagonal().mean().clamp_min(1e-30))
-    h = g.clone() if g is gram else g  # d_in^2 float64 matrices are large: no identity, no extra copies
-    h.diagonal().add_(lam)
-    factor = torch.linalg.cholesky(h)
-    del h
-    return torch.cholesky_inverse(factor)
+    h.diagonal().add_(damping * float(h.diagonal().mean().clamp_min(1e-30)))
+    info = torch.empty((), dtype=torch.int32, device=h.device)
+    factor, info = torch.linalg.cholesky_ex(h, out=(h, info))
+    if int(info):
+        raise HywiaError("the damped Gram matrix is not positive definite; raise --hywia-coarse-damping")
+    return factor
 
 
-def compensated_removal_error(weight: torch.Tensor, inverse: torch.Tensor, num_units: int) -> torch.Tensor:
+def inverse_blocks(factor: torch.Tensor, size: int) -> torch.Tensor:
+    """The diagonal blocks ``[H^-1]_CC`` [U, size, size] for the contiguous column blocks C of ``size``,
+    without forming H^-1: with H = L L^T, ``[H^-1]_CC = (L^-1 E_C)^T (L^-1 E_C)``, and the columns of the
+    lower-triangular L^-1 from column c on are zero above row c, so each chunk of blocks solves only
+    the trailing triangle of L (d_in x chunk float64 work space, ``CHUNK_BYTES``)."""
+    d_in = factor.shape[0]
+    if d_in % size:
+        raise HywiaError(f"{d_in} input columns do not split into units of {size}")
+    units = d_in // size
+    per_chunk = max(1, CHUNK_BYTES // (8 * d_in * size))
+    blocks = torch.empty(units, size, size, dtype=torch.float64, device=factor.device)
+    for first in range(0, units, per_chunk):
+        last = min(units, first + per_chunk)
+        start = first * size
+        rhs = torch.zeros(d_in - start, (last - first) * size, dtype=torch.float64, device=factor.device)
+        rhs[: rhs.shape[1]].fill_diagonal_(1.0)
+        columns = torch.linalg.solve_triangular(factor[start:, start:], rhs, upper=False)  # L^-1 E_C
+        columns = columns.reshape(d_in - start, last - first, size).transpose(0, 1)  # [u, rows, size]
+        blocks[first:last] = columns.transpose(1, 2) @ columns
+    return blocks
+
+
+def compensated_removal_error(weight: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """E_g = tr(W_C [H^-1]_CC^-1 W_C^T) for every unit g (contiguous column blocks), float64 -> float32.
 
-    ``inverse`` = H^-1 from :func:`damped_inverse`; ``weight`` [d_out, d_in] with d_in = num_units * |C|.
+    ``blocks`` = [H^-1]_CC [U, |C|, |C|] from :func:`inverse_blocks`; ``weight`` [d_out, d_in] with
+    d_in = U * |C|. Units are taken in chunks (``CHUNK_BYTES`` of float64 weight columns at a time).
     """
     d_out, d_in = weight.shape
+    units, size = blocks.shape[0], blocks.shape[1]
+    if d_in != units * size:
+        raise HywiaError(f"{d_in} input columns do not split into {units} units of {size}")
+    per_chunk = max(1, CHUNK_BYTES // (8 * d_out * size))
+    errors = torch.empty(units, dtype=torch.float32, device=blocks.device)
+    for first in range(0, units, per_chunk):
+        last = min(units, first + per_chunk)
+        w = weight.detach()[:, first * size : last * size].to(device=blocks.device, dtype=torch.float64)
+        w = w.reshape(d_out, last - first, size).permute(1, 2, 0)  # [u, |C|, d_out] = W_C^T
+        solved = torch.linalg.solve(blocks[first:last], w)  # B^-1 W_C^T
+        errors[first:last] = (w * solved).sum(dim=(1, 2)).float()
+    return errors
+
+
+def compensated_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, damping: float, *,
+                       input_sum: torch.Tensor | None = None, count: int | None = None,
+                       overwrite: bool = False) -> torch.Tensor:
+    """E_g of every unit of ``weight`` from its inputs' Gram matrix (``damped_factor`` -> ``inverse_blocks``
+    -> ``compensated_removal_error``); ``overwrite`` consumes ``gram``. Peak work space: the factor (in
+    place of the Gram when overwritten) plus ``CHUNK_BYTES``-sized chunks."""
+    d_in = weight.shape[1]
     if d_in % num_units:
         raise HywiaError(f"{d_in} input columns do not split into {num_units} units")
-    size = d_in // num_units
-    units = torch.arange(num_units, device=inverse.device)
-    blocks = inverse.reshape(num_units, size, num_units, size)[units, :, units, :]  # [U, |C|, |C|]
-    w = weight.detach().to(device=inverse.device, dtype=torch.float64).reshape(d_out, num_units, size).transpose(0, 1)
-    solved = torch.linalg.solve(blocks, w.transpose(1, 2))  # [U, |C|, d_out] = B^-1 W_C^T
-    return (w.transpose(1, 2) * solved).sum(dim=(1, 2)).float()
+    factor = damped_factor(gram, damping, input_sum=input_sum, count=count, overwrite=overwrite)
+    blocks = inverse_blocks(factor, d_in // num_units)
+    del factor
+    return compensated_removal_error(weight, blocks)

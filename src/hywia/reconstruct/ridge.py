@@ -53,18 +53,15 @@ def check_damping(damping: float) -> float:
     return damping
 
 
-def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """``matrix^-1 rhs`` for a symmetric positive semi-definite ``matrix`` (float64).
-
-    Cholesky when ``matrix`` is positive definite; otherwise the minimum-norm solution from its
-    eigendecomposition (eigenvalues below ``d * eps * max`` count as zero).
-    """
-    if not (torch.isfinite(matrix).all() and torch.isfinite(rhs).all()):
+def _finite(*tensors: torch.Tensor) -> None:
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
         raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
                          "system cannot be solved (run in float32 or bfloat16 rather than float16)")
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return torch.cholesky_solve(rhs, factor), CHOLESKY
+
+
+def pseudo_inverse_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm ``matrix^-1 rhs`` of a symmetric positive semi-definite ``matrix``, from its
+    eigendecomposition (eigenvalues below ``d * eps * max`` count as zero)."""
     try:
         values, vectors = torch.linalg.eigh(matrix)
     except RuntimeError as error:  # eigh failing to converge
@@ -73,7 +70,17 @@ def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tens
     info64 = torch.finfo(values.dtype)
     cutoff = values.abs().max().clamp(min=info64.tiny) * matrix.shape[0] * info64.eps
     inverse = torch.where(values > cutoff, 1.0 / values, torch.zeros_like(values))
-    return vectors @ (inverse[:, None] * (vectors.T @ rhs)), PSEUDO_INVERSE
+    return vectors @ (inverse[:, None] * (vectors.T @ rhs))
+
+
+def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``matrix^-1 rhs`` for a symmetric positive semi-definite ``matrix`` (float64): Cholesky when it is
+    positive definite, otherwise :func:`pseudo_inverse_solve`."""
+    _finite(matrix, rhs)
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor), CHOLESKY
+    return pseudo_inverse_solve(matrix, rhs), PSEUDO_INVERSE
 
 
 def solve_compensation(
@@ -89,33 +96,50 @@ def solve_compensation(
     """Ridge refit of the kept columns of ``weight`` (module docstring for the formulas).
 
     ``gram`` = X X^T [d_in, d_in]; ``kept`` / ``removed`` = column indices S / R. With ``input_sum``
-    (= X 1) and ``count`` (= n) an unregularised intercept is fitted too.
+    (= X 1) and ``count`` (= n) an unregularised intercept is fitted too. Work space beyond ``gram``: one
+    |S| x |S| float64 matrix (gathered in one step and factorised in place) and the d_out x |S| solution.
     """
     damping = check_damping(damping)
     device = gram.device
-    w = weight.detach().to(device=device, dtype=torch.float64)
-    g = gram.to(torch.float64)
+    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
     kept = kept.to(device=device, dtype=torch.long)
     removed = removed.to(device=device, dtype=torch.long)
-    w_r = w.index_select(1, removed)
-    g_ss = g.index_select(0, kept).index_select(1, kept)
-    g_rs = g.index_select(0, removed).index_select(1, kept)
-    lam = math.inf if math.isinf(damping) else float(damping * g_ss.diagonal().mean()) if len(kept) else 0.0
+    w_r = weight.detach().index_select(1, removed.to(weight.device)).to(device=device, dtype=torch.float64)
     intercept = input_sum is not None
+    mu_s = mu_r = None
     if intercept:
         if not count:
             raise HywiaError("an intercept needs the token count")
         mu = input_sum.to(device=device, dtype=torch.float64) / count
         mu_s, mu_r = mu.index_select(0, kept), mu.index_select(0, removed)
-        g_ss = g_ss - count * torch.outer(mu_s, mu_s)
-        g_rs = g_rs - count * torch.outer(mu_r, mu_s)
+
+    def block(rows: torch.Tensor, rows_mu: torch.Tensor | None) -> torch.Tensor:
+        """G_{rows,S}, centred with an intercept: a fresh tensor."""
+        out = g[rows.unsqueeze(1), kept]
+        if intercept:
+            out.addr_(rows_mu, mu_s, alpha=-count)
+        return out
+
+    def system() -> torch.Tensor:
+        matrix = block(kept, mu_s)
+        matrix.diagonal().add_(lam)
+        return matrix
+
+    diagonal = g.diagonal().index_select(0, kept)  # of the uncentred Gram, also with an intercept
+    lam = math.inf if math.isinf(damping) else float(damping * diagonal.mean()) if len(kept) else 0.0
     if math.isinf(lam) or len(kept) == 0 or len(removed) == 0:
-        delta, solver = torch.zeros(w.shape[0], len(kept), dtype=torch.float64, device=device), CHOLESKY
+        delta, solver = torch.zeros(weight.shape[0], len(kept), dtype=torch.float64, device=device), CHOLESKY
     else:
-        system = g_ss  # a fresh copy (index_select): the ridge goes on its diagonal in place, no identity
-        system.diagonal().add_(lam)
-        # D A = B with A symmetric  <=>  A D^T = B^T
-        solution, solver = solve_symmetric(system, (w_r @ g_rs).T)
+        rhs = (w_r @ block(removed, mu_r)).T  # D A = B with A symmetric  <=>  A D^T = B^T
+        matrix = system()
+        _finite(matrix, rhs)
+        info = torch.empty((), dtype=torch.int32, device=device)
+        factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))  # in place: no second |S|^2 copy
+        if int(info) == 0:
+            solution, solver = torch.cholesky_solve(rhs, factor), CHOLESKY
+        else:  # not positive definite (lambda = 0): the factorisation overwrote the system, so gather it again
+            del factor, matrix
+            solution, solver = pseudo_inverse_solve(system(), rhs), PSEUDO_INVERSE
         delta = solution.T
     bias = None
     if intercept:
@@ -123,33 +147,50 @@ def solve_compensation(
     return Compensation(delta, bias, lam, solver)
 
 
+ROW_CHUNK_BYTES = 2**26  # float64 rows of E (and of E G) held at a time by output_error / relative_errors
+
+
+def _row_slices(d_out: int, d_in: int) -> list[slice]:
+    step = max(1, ROW_CHUNK_BYTES // (8 * max(1, d_in)))
+    return [slice(first, min(d_out, first + step)) for first in range(0, d_out, step)]
+
+
 def output_error(error: torch.Tensor, gram: torch.Tensor, *, bias: torch.Tensor | None = None,
                  input_sum: torch.Tensor | None = None, count: int | None = None) -> float:
     """``||E X + b 1^T||_F^2`` from the Gram matrix: ``tr(E G E^T) + 2 b . (E s) + n ||b||^2``.
 
     ``error`` is E [d_out, d_in] (e.g. the weight minus its dense value), ``bias`` b, ``input_sum`` s = X 1.
+    Output rows are independent terms: they are summed in chunks of ``ROW_CHUNK_BYTES``.
     """
-    e = error.to(device=gram.device, dtype=torch.float64)
-    g = gram.to(torch.float64)
-    total = float(((e @ g) * e).sum())
-    if bias is not None:
-        b = bias.to(device=gram.device, dtype=torch.float64)
-        total += 2 * float(b @ (e @ input_sum.to(device=gram.device, dtype=torch.float64))) + count * float(b @ b)
+    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    s = input_sum.to(device=g.device, dtype=torch.float64) if bias is not None else None
+    total = 0.0
+    for rows in _row_slices(*error.shape):
+        e = error[rows].to(device=g.device, dtype=torch.float64)
+        total += float(((e @ g) * e).sum())
+        if bias is not None:
+            b = bias[rows].to(device=g.device, dtype=torch.float64)
+            total += 2 * float(b @ (e @ s)) + count * float(b @ b)
     return max(total, 0.0)
 
 
 def relative_errors(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
                     solution: Compensation, *, input_sum: torch.Tensor | None = None,
                     count: int | None = None) -> tuple[float, float]:
-    """``||W_S X_S - W X|| / ||W X||`` (plain removal) and the same with ``W_S'`` (and ``b``) of ``solution``."""
-    w = weight.detach().to(device=gram.device, dtype=torch.float64)
-    reference = output_error(w, gram)
+    """``||W_S X_S - W X|| / ||W X||`` (plain removal) and the same with ``W_S'`` (and ``b``) of ``solution``,
+    accumulated over chunks of output rows."""
+    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    kept, removed = kept.to(g.device), removed.to(g.device)
+    reference = before = after = 0.0
+    for rows in _row_slices(*weight.shape):
+        w = weight.detach()[rows].to(device=g.device, dtype=torch.float64)
+        reference += output_error(w, g)
+        error = torch.zeros_like(w)
+        error[:, removed] = -w[:, removed]
+        before += output_error(error, g)
+        error[:, kept] = solution.delta[rows].to(g.device)
+        bias = solution.bias[rows] if solution.bias is not None else None
+        after += output_error(error, g, bias=bias, input_sum=input_sum, count=count)
     if reference == 0:
         return 0.0, 0.0
-    plain = torch.zeros_like(w)
-    plain[:, removed.to(gram.device)] = -w[:, removed.to(gram.device)]
-    refitted = plain.clone()
-    refitted[:, kept.to(gram.device)] = solution.delta
-    before = output_error(plain, gram)
-    after = output_error(refitted, gram, bias=solution.bias, input_sum=input_sum, count=count)
     return math.sqrt(before / reference), math.sqrt(after / reference)

@@ -25,7 +25,7 @@ from ...calibration.layerwise import GramStats
 from ...errors import HywiaError
 from ...models.groups import MLP
 from ...models.placement import input_device
-from ..compensated import compensated_removal_error, damped_inverse
+from ..compensated import compensated_scores
 from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, top_units
 from ..weight_methods import gradient_stats, taylor_importance
@@ -104,8 +104,8 @@ def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Sc
     if opts.coarse == "compensated":
         def per_unit(weight, gram: GramStats, gs):
             extra = dict(input_sum=gram.sum, count=gram.count) if opts.intercept else {}
-            inverse = damped_inverse(gram.gram, opts.coarse_damping, **extra)
-            return compensated_removal_error(weight, inverse, gs.num_units).cpu(), (gram.sum / gram.count).float().cpu()
+            errors = compensated_scores(weight, gram.gram, gs.num_units, opts.coarse_damping, overwrite=True, **extra)
+            return errors.cpu(), (gram.sum / gram.count).float().cpu()  # gram.gram is consumed
 
         collected = collect(context, per_unit, statistics=GramStats)
         coarse = {key: value[0] for key, value in collected.items()}
