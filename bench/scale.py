@@ -20,6 +20,11 @@ Examples:
     python bench/scale.py                                   # all shapes, hywia/element1/flap, 20% and 50%
     python bench/scale.py --shapes llama-7b --methods element1 --ratios 0.2
     python bench/scale.py --tiny                            # a tiny shape on the CPU: checks the script
+    python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --peak-trace   # what is alive at the peak
+
+``--peak-trace`` records the CUDA allocator's history during the prune (``torch.cuda.memory``) and prints,
+for the moment the prune's allocations peaked, the live tensors grouped by the line of hywia that
+allocated them (``peak_allocations``): where the memory above the weights goes.
 """
 
 from __future__ import annotations
@@ -140,8 +145,44 @@ def write_random_model(shape: dict, folder: Path, dtype: torch.dtype, device: to
         torch.cuda.empty_cache()
 
 
+def _frame(frames: list[dict]) -> str:
+    """The innermost frame inside hywia (else the innermost frame at all) of an allocation's stack."""
+    inside = [f for f in frames if "/hywia/" in f.get("filename", "")] or frames[:1]
+    if not inside:
+        return "?"
+    frame = inside[0]
+    return f"{frame['filename'].split('/hywia/')[-1]}:{frame['line']} {frame['name']}"
+
+
+def peak_allocations(trace: list[dict], top: int = 12) -> dict:
+    """From one device's allocator trace (``torch.cuda.memory._snapshot()["device_traces"][i]``): the peak of
+    the bytes allocated during the trace (over what was live before it) and the tensors live at that peak,
+    summed by allocating line, largest first."""
+    sizes: dict[int, int] = {}
+    current = peak = peak_index = 0
+    for index, event in enumerate(trace):  # first pass: when the peak happened
+        if event.get("action") == "alloc":
+            sizes[event["addr"]] = event["size"]
+            current += event["size"]
+            if current > peak:
+                peak, peak_index = current, index
+        elif event.get("action") == "free_completed" and event.get("addr") in sizes:
+            current -= sizes.pop(event["addr"])
+    at_peak: dict[int, tuple[int, str]] = {}
+    for event in trace[: peak_index + 1]:  # second pass: what was live then
+        if event.get("action") == "alloc":
+            at_peak[event["addr"]] = (event["size"], _frame(event.get("frames", [])))
+        elif event.get("action") == "free_completed":
+            at_peak.pop(event.get("addr"), None)
+    by_line: dict[str, int] = {}
+    for size, where in at_peak.values():
+        by_line[where] = by_line.get(where, 0) + size
+    ranked = sorted(by_line.items(), key=lambda item: -item[1])[:top]
+    return {"peak_over_start_bytes": peak, "live_at_peak": [{"where": w, "bytes": b} for w, b in ranked]}
+
+
 def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.Tensor, *, device: str, dtype: str,
-            options: dict) -> dict:
+            options: dict, peak_trace: bool = False) -> dict:
     from hywia import PruneConfig, load_model, prune, save_pruned
 
     clock = StageClock(torch.device(device))
@@ -150,8 +191,17 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     config = PruneConfig(ratio=ratio, method=method, progress=False, num_samples=len(samples),
                          seq_len=samples.shape[1], method_options=options.get(method, {}))
+    tracing = peak_trace and device.startswith("cuda")
+    if tracing:
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
     with timed_pipeline(clock):
         result = prune(loaded.model, None, config, calibration_ids=samples)
+    trace = None
+    if tracing:
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        index = torch.device(device).index or 0
+        trace = peak_allocations(snapshot["device_traces"][index])
     with clock.stage("save"):
         save_pruned(loaded.model, None, out, result.report, overwrite=True)
     del loaded, result
@@ -162,7 +212,7 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     seconds["scoring, other"] = seconds.pop("scoring", 0.0) - seconds.get("gradients", 0.0) - seconds.get("fusion", 0.0)
     peaks = dict(clock.peaks)
     peaks["scoring, other"] = peaks.pop("scoring", 0)
-    return {"seconds": seconds, "peaks": peaks, "weight_bytes": weight_bytes}
+    return {"seconds": seconds, "peaks": peaks, "weight_bytes": weight_bytes, "trace": trace}
 
 
 def header() -> str:
@@ -203,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", default=None,
                         help="keep the dense and pruned folders here (DIR/SHAPE, DIR/SHAPE-METHOD-RATIO) for bench-speed")
     parser.add_argument("--tiny", action="store_true", help="one tiny shape on the CPU, 4 samples of 16 tokens")
+    parser.add_argument("--peak-trace", action="store_true",
+                        help="CUDA: print the tensors live at the prune's memory peak, by allocating line")
     args = parser.parse_args(argv)
 
     if args.tiny:
@@ -228,8 +280,14 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods:
                 for ratio in args.ratios:
                     out = Path(args.keep) / f"{shape_name}-{method}-{ratio:g}" if args.keep else scratch / "out"
-                    timing = run_one(folder, out, method, ratio, samples, device=device, dtype=dtype, options=options)
+                    timing = run_one(folder, out, method, ratio, samples, device=device, dtype=dtype, options=options,
+                                     peak_trace=args.peak_trace)
                     print(row(shape_name, method, ratio, timing, cuda), flush=True)
+                    if timing["trace"]:
+                        trace = timing["trace"]
+                        print(f"  peak over the loaded model: {trace['peak_over_start_bytes'] / 2**30:.2f} GiB; live then:")
+                        for item in trace["live_at_peak"]:
+                            print(f"    {item['bytes'] / 2**30:7.3f} GiB  {item['where']}", flush=True)
             shutil.rmtree(scratch / "out", ignore_errors=True)
             if args.scratch is None and args.keep is None:  # 13B in bf16 is 26 GB: one shape on disk at a time
                 shutil.rmtree(folder, ignore_errors=True)
