@@ -63,6 +63,9 @@ def parse_args(argv=None):
                         help="other RecoverConfig fields, e.g. batch_size=8 data=reading-passages")
     parser.add_argument("--sweep", nargs="*", default=None, metavar="'KEY=VALUE ...'",
                         help="recipes to compare, each a quoted set of KEY=VALUE on top of --recipe (one row each)")
+    parser.add_argument("--recipe-from", default=None, metavar="JSONL",
+                        help="the rows of an earlier --sweep: add the recipe whose recovered model has the lowest "
+                             "held-out LAMBADA PPL (validation text only; ties: higher validation MC) to --recipe")
     parser.add_argument("--mc", nargs="*", choices=("val", "paper"), default=["paper"],
                         help="val: ARC-e/ARC-c/OBQA validation splits (to choose a recipe); paper: the 7 tasks")
     parser.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (default: full sets)")
@@ -78,10 +81,25 @@ def parse_args(argv=None):
         args.max_steps, args.eval_tokens = args.max_steps or 2, min(args.eval_tokens, 2048)
     args.layers = args.layers or (None if args.tiny else "4:28")
     args.label = args.label or ("tiny-llama (random)" if args.tiny else "smollm2-135m")
+    if args.recipe_from:
+        label = chosen_recipe(Path(args.recipe_from), args.label)
+        print(f"recipe chosen from {args.recipe_from} on held-out LAMBADA PPL: {label or '(the default)'}", flush=True)
+        args.recipe = list(args.recipe) + label.split()
     if args.out_jsonl is None:
         args.out_jsonl = (str(Path(tempfile.mkdtemp()) / "recovery_tiny.jsonl") if args.tiny
                           else str(REPO / "bench/results/issue12_recovery.jsonl"))
     return args
+
+
+def chosen_recipe(path: Path, model: str) -> str:
+    """The ``recipe_label`` of the recovered row of ``model`` with the lowest held-out LAMBADA perplexity
+    (then the highest validation MC average) in a --sweep's jsonl."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("model") == model and r.get("stage") not in ("dense", "pruned")]
+    if not rows:
+        raise SystemExit(f"--recipe-from: {path} has no recovered rows of {model}")
+    best = min(rows, key=lambda r: (r["val_ppl"], -r.get("val_mc_avg", 0.0)))
+    return best.get("recipe_label") or ""
 
 
 def recipe(args, objective: str, extra: str = "") -> RecoverConfig:

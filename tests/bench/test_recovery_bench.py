@@ -27,3 +27,16 @@ def test_tiny_run_writes_a_row_per_stage_and_a_table(tmp_path, capsys):
     assert all(len(r["mc_tasks"]) == 7 and r["docs_limit"] == 4 for r in rows)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20% | flap")]
     assert len(table) == 3
+
+
+def test_recipe_from_picks_the_lowest_held_out_perplexity(tmp_path):
+    rows = [
+        {"model": "m", "stage": "dense", "val_ppl": 1.0},
+        {"model": "m", "stage": "distill", "recipe_label": "lr=1e-4", "val_ppl": 30.0, "val_mc_avg": 40.0},
+        {"model": "m", "stage": "distill", "recipe_label": "lr=5e-4 batch_size=32", "val_ppl": 25.0, "val_mc_avg": 30.0},
+        {"model": "m", "stage": "distill", "recipe_label": "lr=1e-3", "val_ppl": 25.0, "val_mc_avg": 31.0},
+        {"model": "other", "stage": "distill", "recipe_label": "rank=64", "val_ppl": 2.0},
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_script().chosen_recipe(path, "m") == "lr=1e-3"

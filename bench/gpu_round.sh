@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One device session on two H200s of one host (nvidia-h200-x2), after `source bench/device_env.sh`: each call runs
+# two independent parts at once, one per GPU, and writes its rows under $OUT (partial rows survive a time-out).
+#   bash bench/gpu_round.sh A   # GPU0: issue-12 recipe sweep (validation only) | GPU1: issue-13 7B stages + eager probe
+#   bash bench/gpu_round.sh B   # issue-12 table with the recipe the sweep chose: GPU0 20%, GPU1 50%
+#   bash bench/gpu_round.sh C   # issue-10 full-set 7-task rows (hywia + the three best others, 3 seeds): GPU0 20%, GPU1 50%
+# Every part is a command of its own; this file only runs two of them side by side.
+set -u
+S=~/stage
+K=/tmp/scale
+LIMIT=${LIMIT:-}  # documents per zero-shot task in part B (empty: full sets)
+part() {  # GPU, log name, timeout seconds, command...
+  local gpu=$1 name=$2 limit=$3; shift 3
+  ( CUDA_VISIBLE_DEVICES=$gpu timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $? after ${SECONDS}s" >> "$OUT/$name.log" ) &
+}
+case "$1" in
+  A)
+    part 0 sweep12 560 python bench/recovery.py --device cuda --ratios 0.2 --methods hywia --objectives distill \
+      --mc val --sweep "" "lr=5e-4 batch_size=32" "lr=1e-3 batch_size=32 epochs=4" \
+      "lr=1e-3 batch_size=32 epochs=4 rank=32 alpha=64" "lr=2e-3 batch_size=16 epochs=8" \
+      --out-jsonl "$OUT/sweep12.jsonl"
+    part 1 stages13 560 bash -c "
+      python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --keep $K --peak-trace &&
+      python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.5 --samples 10 --keep $K &&
+      python bench/scale.py --shapes llama-7b --methods element1 flap --ratios 0.2 0.5 --samples 10 --scratch $K &&
+      for r in 0.2 0.5; do cp $K/llama-7b/tokenizer* $K/llama-7b-hywia-\$r/; done &&
+      python bench/eager_probe.py $K/llama-7b $K/llama-7b-hywia-0.2 $K/llama-7b-hywia-0.5 --json $OUT/eager_probe.json"
+    wait
+    cp "$OUT/sweep12.jsonl" $S/ 2>/dev/null ;;
+  B)
+    for gpu_ratio in "0 0.2" "1 0.5"; do
+      set -- $gpu_ratio
+      part "$1" "table12_$2" 570 python bench/recovery.py --device cuda --ratios "$2" --methods hywia,element1,flap \
+        --objectives distill,lm --mc val paper ${LIMIT:+--limit $LIMIT} --recipe-from $S/sweep12.jsonl \
+        --out-jsonl "$OUT/table12_$2.jsonl"
+    done
+    wait ;;
+  C)
+    for gpu_ratio in "0 0.2" "1 0.5"; do
+      set -- $gpu_ratio
+      part "$1" "full10_$2" 575 python bench/quality.py --variants-file bench/variants/issue10_round2.json \
+        --only "hywia uniform" "flap + rec" "wanda-sp + rec" "element1 + rec" --ratios "$2" --seeds 0 1 2 \
+        --device cuda --mc val paper --out "$OUT/full10_$2.jsonl"
+    done
+    wait ;;
+esac
+tail -n 25 "$OUT"/*.log
