@@ -156,8 +156,9 @@ def _frame(frames: list[dict]) -> str:
 
 def peak_allocations(trace: list[dict], top: int = 12) -> dict:
     """From one device's allocator trace (``torch.cuda.memory._snapshot()["device_traces"][i]``): the peak of
-    the bytes allocated during the trace (over what was live before it) and the tensors live at that peak,
-    summed by allocating line, largest first."""
+    the allocated bytes over their level at the start of the trace (frees of tensors allocated before it
+    count too, so the surgery's replaced weights are not mistaken for growth) and the tensors allocated
+    during the trace that were live at that peak, summed by allocating line, largest first."""
     sizes: dict[int, int] = {}
     current = peak = peak_index = 0
     for index, event in enumerate(trace):  # first pass: when the peak happened
@@ -166,8 +167,8 @@ def peak_allocations(trace: list[dict], top: int = 12) -> dict:
             current += event["size"]
             if current > peak:
                 peak, peak_index = current, index
-        elif event.get("action") == "free_completed" and event.get("addr") in sizes:
-            current -= sizes.pop(event["addr"])
+        elif event.get("action") == "free_completed":  # also tensors from before the trace (e.g. replaced weights)
+            current -= sizes.pop(event.get("addr"), event.get("size", 0))
     at_peak: dict[int, tuple[int, str]] = {}
     for event in trace[: peak_index + 1]:  # second pass: what was live then
         if event.get("action") == "alloc":

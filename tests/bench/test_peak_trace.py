@@ -22,8 +22,19 @@ def test_live_set_at_the_peak_by_line():
         {"action": "free_completed", "addr": 2, "size": 50},
         {"action": "free_completed", "addr": 1, "size": 100},
         {"action": "alloc", "addr": 4, "size": 120, "frames": frames("c.py", 5)},  # 150: below the peak
-        {"action": "free_completed", "addr": 99, "size": 7},  # allocated before the trace: ignored
+        {"action": "free_completed", "addr": 99, "size": 7},  # allocated before the trace: 143 now
+        {"action": "alloc", "addr": 5, "size": 35, "frames": frames("c.py", 5)},  # 178; 185 (a new peak) were
+        {"action": "free_completed", "addr": 5, "size": 35},                      # the 7 not subtracted
     ]
     result = peak_allocations(trace)
     assert result["peak_over_start_bytes"] == 180
     assert result["live_at_peak"] == [{"where": "a.py:10 g", "bytes": 130}, {"where": "b.py:20 g", "bytes": 50}]
+
+
+def test_freeing_older_tensors_is_not_growth():
+    """Surgery: new smaller weights are allocated while the old ones (from before the trace) are freed."""
+    trace = [{"action": "alloc", "addr": 1, "size": 60, "frames": frames("surgery.py", 3)},
+             {"action": "free_completed", "addr": 100, "size": 100},
+             {"action": "alloc", "addr": 2, "size": 60, "frames": frames("surgery.py", 3)},
+             {"action": "free_completed", "addr": 101, "size": 100}]
+    assert peak_allocations(trace)["peak_over_start_bytes"] == 60
