@@ -195,6 +195,8 @@ def test_cli_prune_then_recover_by_distillation(capsys, tmp_path, tiny_model_dir
     assert "teacher: " + str(tiny_model_dir.resolve()) in captured.out
     report = json.loads((out / "hywia_report.json").read_text())
     assert report["recovery"]["objective"] == "distill" and report["recovery"]["teacher"] == str(tiny_model_dir.resolve())
+    recipe = report["recovery"]["recipe"]  # a local .txt is not the offline passages: LLM-Pruner's, batch size given
+    assert (recipe["recipe"], recipe["rank"], recipe["lr"], recipe["batch_size"]) == ("llm-pruner", 8, 1e-4, 4)
     assert report["recovery"]["data"]["validation_examples"] >= 1
     assert "## Evaluation" not in (out / "README.md").read_text()
     assert main(["eval", "--model", str(out), "--text", str(text), "--window", "16", "--quiet"]) == 0
@@ -245,3 +247,16 @@ def test_default_micro_batch_on_the_cpu_is_llm_pruners():
     model = torch.nn.Linear(2, 2)
     assert resolve_micro_batch(model, RecoverConfig(), torch.device("cpu")) == 4
     assert resolve_micro_batch(model, RecoverConfig(micro_batch_size=8), torch.device("cpu")) == 8
+
+
+def test_recipe_follows_the_data_and_explicit_values_win():
+    from hywia.recover import DEFAULT_OFFLINE_DATA, resolve_recipe
+
+    name, values = resolve_recipe("auto", DEFAULT_OFFLINE_DATA, {"lr": None, "rank": None})
+    assert name == "passages" and values == {"rank": 32, "alpha": 64, "lr": 1e-3, "batch_size": 32, "epochs": 4.0}
+    name, values = resolve_recipe("auto", "alpaca-cleaned", {})
+    assert name == "llm-pruner" and values == {"rank": 8, "alpha": 16, "lr": 1e-4, "batch_size": 128, "epochs": 2.0}
+    name, values = resolve_recipe("passages", "my.jsonl", {"lr": 5e-4, "epochs": 1.0})
+    assert name == "passages" and values["lr"] == 5e-4 and values["epochs"] == 1.0 and values["rank"] == 32
+    with pytest.raises(HywiaError, match="--recipe"):
+        resolve_recipe("fast", DEFAULT_OFFLINE_DATA, {})

@@ -10,7 +10,7 @@ from ..errors import HywiaError
 
 
 def add_parser(sub) -> None:
-    from ..recover import DEFAULT_OFFLINE_DATA, RecoverConfig
+    from ..recover import DEFAULT_OFFLINE_DATA, RECIPES, RecoverConfig
     from .common import add_remote_code_arg
 
     d = RecoverConfig()
@@ -30,14 +30,19 @@ def add_parser(sub) -> None:
     parser.add_argument("--teacher", default=None,
                         help="the dense model for --objective distill (default: the input model recorded in "
                              "MODEL/hywia_report.json)")
-    parser.add_argument("--epochs", type=float, default=d.epochs)
+    parser.add_argument("--recipe", default="auto", choices=("auto", *RECIPES),
+                        help="named hyper-parameters: llm-pruner (r=8, alpha=16, lr 1e-4, 128 examples per update, 2 "
+                             "epochs: for instruction data such as Alpaca) or passages (r=32, alpha=64, lr 1e-3, 32 per "
+                             f"update, 4 epochs: chosen on validation data for the small offline {DEFAULT_OFFLINE_DATA}); "
+                             "auto picks by the data (default); --rank/--alpha/--lr/--batch-size/--epochs override it")
+    parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
-    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank")
+    parser.add_argument("--alpha", type=int, default=None, help="LoRA alpha")
     parser.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout")
     parser.add_argument("--cutoff", type=int, default=d.cutoff, help="tokens per example")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per optimizer step")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per optimizer step")
     parser.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
                         help="examples per forward pass (gradient accumulation up to --batch-size); default: 4 on "
                              "the CPU, on a GPU the largest power of two dividing --batch-size whose activations "
@@ -62,13 +67,16 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..models.io import check_output_path, load_model, read_report
-    from ..recover import RecoverConfig, recover, save_recovered
+    from ..recover import RecoverConfig, recover, resolve_recipe, resolve_source, save_recovered
+    from ..recover.train import RECIPE_FIELDS
 
     out = check_output_path(args.out, overwrite=args.overwrite, protected=[])
     checkpoint_dir = args.checkpoint_dir or str(out.parent / f"{out.name}.checkpoint")
+    recipe, values = resolve_recipe(args.recipe, resolve_source(args.data, args.objective, args.data_mode),
+                                    {key: getattr(args, key) for key in RECIPE_FIELDS})
     config = RecoverConfig(
-        objective=args.objective, data=args.data, rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr,
-        epochs=args.epochs, max_steps=args.max_steps, cutoff=args.cutoff, batch_size=args.batch_size,
+        objective=args.objective, data=args.data, recipe=recipe, dropout=args.dropout, **values,
+        max_steps=args.max_steps, cutoff=args.cutoff,
         micro_batch_size=args.micro_batch_size, warmup_steps=args.warmup_steps, val_fraction=args.val_fraction,
         max_val=args.max_val, max_examples=args.max_examples, eval_every=args.eval_every, save_every=args.save_every,
         checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed, dtype=args.dtype,

@@ -146,7 +146,9 @@ def model_card(folder: str | Path, report: dict) -> str:
         data = recovery.get("data", {})
         r = recovery.get("recipe", {})
         parts += ["", "## Recovery", "",
-                  f"- LoRA r={r.get('rank')}, alpha={r.get('alpha')}, dropout {r.get('dropout')}, lr {r.get('lr')} on "
+                  f"- recipe `{r.get('recipe', 'llm-pruner')}`: LoRA r={r.get('rank')}, alpha={r.get('alpha')}, dropout "
+                  f"{r.get('dropout')}, lr {r.get('lr')}, {r.get('batch_size')} examples per update, {r.get('epochs')} "
+                  f"epochs on "
                   f"{', '.join(r.get('targets', []))}; merged into the weights",
                   f"- objective: {recovery.get('objective')}"
                   + (f" (teacher `{recovery['teacher']}`)" if recovery.get("teacher") else ""),
