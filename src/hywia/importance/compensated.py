@@ -50,9 +50,9 @@ def damped_factor(gram: torch.Tensor, damping: float, *, input_sum: torch.Tensor
 
 def inverse_blocks(factor: torch.Tensor, size: int) -> torch.Tensor:
     """The diagonal blocks ``[H^-1]_CC`` [U, size, size] for the contiguous column blocks C of ``size``,
-    without forming H^-1: with H = L L^T, ``[H^-1]_CC = (L^-1 E_C)^T (L^-1 E_C)``, and the columns of the
-    lower-triangular L^-1 from column c on are zero above row c, so each chunk of blocks solves only
-    the trailing triangle of L (d_in x chunk float64 work space, ``CHUNK_BYTES``)."""
+    without forming H^-1: with H = L L^T, ``[H^-1]_CC = (L^-1 E_C)^T (L^-1 E_C)``, solved for chunks of
+    blocks at a time (d_in x chunk float64 work space, ``CHUNK_BYTES``). The solves use the whole factor:
+    a trailing slice of it would be copied by the solver (a d_in^2 float64 copy), the extra flops are cheap."""
     d_in = factor.shape[0]
     if d_in % size:
         raise HywiaError(f"{d_in} input columns do not split into units of {size}")
@@ -62,10 +62,10 @@ def inverse_blocks(factor: torch.Tensor, size: int) -> torch.Tensor:
     for first in range(0, units, per_chunk):
         last = min(units, first + per_chunk)
         start = first * size
-        rhs = torch.zeros(d_in - start, (last - first) * size, dtype=torch.float64, device=factor.device)
-        rhs[: rhs.shape[1]].fill_diagonal_(1.0)
-        columns = torch.linalg.solve_triangular(factor[start:, start:], rhs, upper=False)  # L^-1 E_C
-        columns = columns.reshape(d_in - start, last - first, size).transpose(0, 1)  # [u, rows, size]
+        rhs = torch.zeros(d_in, (last - first) * size, dtype=torch.float64, device=factor.device)
+        rhs[start : start + rhs.shape[1]].fill_diagonal_(1.0)  # E_C
+        columns = torch.linalg.solve_triangular(factor, rhs, upper=False)  # L^-1 E_C
+        columns = columns.reshape(d_in, last - first, size).transpose(0, 1)  # [u, rows, size]
         blocks[first:last] = columns.transpose(1, 2) @ columns
     return blocks
 

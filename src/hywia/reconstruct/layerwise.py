@@ -191,7 +191,7 @@ def reconstruct(
                 facts.tokens, facts.lam, facts.solver = stats.count, solution.lam, solution.solver
                 weight = module.weight
                 kept_d, removed_d = kept.to(weight.device), removed.to(weight.device)
-                updated = weight.index_select(1, kept_d).double() + solution.delta.to(weight.device)
+                updated = weight.index_select(1, kept_d).double().add_(solution.delta.to(weight.device))
                 weight[:, kept_d] = updated.to(weight.dtype)
                 weight[:, removed_d] = 0
                 if solution.bias is not None:

@@ -79,8 +79,14 @@ def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tens
     _finite(matrix, rhs)
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) == 0:
-        return torch.cholesky_solve(rhs, factor), CHOLESKY
+        return factor_solve(factor, rhs), CHOLESKY
     return pseudo_inverse_solve(matrix, rhs), PSEUDO_INVERSE
+
+
+def factor_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``(L L^T)^-1 rhs`` from the lower Cholesky factor by two triangular solves on the whole, contiguous
+    factor (``torch.cholesky_solve`` clones the factor: one more d x d float64 copy)."""
+    return torch.linalg.solve_triangular(factor.mT, torch.linalg.solve_triangular(factor, rhs, upper=False), upper=True)
 
 
 def solve_compensation(
@@ -136,7 +142,7 @@ def solve_compensation(
         info = torch.empty((), dtype=torch.int32, device=device)
         factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))  # in place: no second |S|^2 copy
         if int(info) == 0:
-            solution, solver = torch.cholesky_solve(rhs, factor), CHOLESKY
+            solution, solver = factor_solve(factor, rhs), CHOLESKY
         else:  # not positive definite (lambda = 0): the factorisation overwrote the system, so gather it again
             del factor, matrix
             solution, solver = pseudo_inverse_solve(system(), rhs), PSEUDO_INVERSE
