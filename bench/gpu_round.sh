@@ -4,6 +4,7 @@
 #   bash bench/gpu_round.sh A   # GPU0: issue-12 recipe sweep (validation only) | GPU1: issue-13 7B stages + eager probe
 #   bash bench/gpu_round.sh B   # issue-12 table with the recipe the sweep chose: GPU0 20%, GPU1 50%
 #   bash bench/gpu_round.sh C   # issue-10 full-set 7-task rows (hywia + the three best others, 3 seeds): GPU0 20%, GPU1 50%
+#   bash bench/gpu_round.sh D   # GPU0: issue-13 LLaMA-13B / Llama-3-8B stages (peak-traced) | GPU1: 7B recovery steps
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -42,6 +43,11 @@ case "$1" in
         --only "hywia uniform" "flap + rec" "wanda-sp + rec" "element1 + rec" --ratios "$2" --seeds 0 1 2 \
         --device cuda --mc val paper --out "$OUT/full10_$2.jsonl"
     done
+    wait ;;
+  D)
+    part 0 large13 570 python bench/scale.py --shapes llama-13b llama-3-8b --methods hywia --ratios 0.2 --samples 10 \
+      --peak-trace
+    part 1 recstep12 570 python bench/recovery_step.py --shape llama-7b --ratio 0.2 --steps 4 --json "$OUT/recstep12.json"
     wait ;;
 esac
 tail -n 25 "$OUT"/*.log

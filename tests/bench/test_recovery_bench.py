@@ -40,3 +40,14 @@ def test_recipe_from_picks_the_lowest_held_out_perplexity(tmp_path):
     path = tmp_path / "sweep.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert load_script().chosen_recipe(path, "m") == "lr=1e-3"
+
+
+def test_recovery_step_bench_times_steps_of_both_objectives(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("recovery_step_bench", BENCH / "recovery_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "steps.json"
+    assert module.main(["--tiny", "--steps", "3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["objective"] for r in rows] == ["distill", "lm"]
+    assert all(r["step_s"] > 0 and r["examples_per_step"] == 4 and r["micro_batch"] >= 1 for r in rows)
