@@ -58,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--mc-limit", type=int, default=None, help="documents per paper task (None: full sets)")
     parser.add_argument("--val-limit", type=int, default=None, help="documents per validation task (smoke tests only)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--round-to", default=None,
+                        help="MLP width step of every variant without its own round_to (default: PruneConfig's auto)")
     parser.add_argument("--out", required=True)
     return parser.parse_args(argv)
 
@@ -66,6 +68,10 @@ def mc_tasks(kind: str) -> list[str]:
     from hywia.evaluate.zeroshot import PAPER_TASKS, SELECTION_TASKS
 
     return list(SELECTION_TASKS) if kind == "val" else list(PAPER_TASKS)
+
+
+def _round_to(value):
+    return value if value == "auto" else int(value)
 
 
 def mc_scores(model, tokenizer, kind: str, limit: int | None, batch_size: int, val_limit: int | None = None) -> dict:
@@ -136,6 +142,8 @@ def main(argv=None) -> int:
                     min_width=spec.get("min_width", 0.0), method_options=dict(spec.get("options", {})),
                     reconstruct=bool(spec.get("reconstruct", False)),
                     **({"reconstruct_damping": spec["damping"]} if "damping" in spec else {}),
+                    **({"round_to": _round_to(spec.get("round_to", args.round_to))}
+                       if spec.get("round_to", args.round_to) is not None else {}),
                 )
                 model = copy.deepcopy(dense_model)
                 started = time.perf_counter()

@@ -172,6 +172,18 @@ def test_fixed_fine_only_blend_equals_element1(calib_ids):
     assert [e["mlp"]["kept"] for e in fine_only["layers"]] == [e["mlp"]["kept"] for e in element1["layers"]]
 
 
+def test_wanda_fine_input_alone_equals_wanda_sp(calib_ids):
+    """--hywia-fine wanda-sp: with the blend fixed to the fine input, the kept units are Wanda-sp's."""
+    a, b = build_tiny("mistral"), build_tiny("mistral")
+    fine_only = prune(a, None, PruneConfig(reconstruct=False, ratio=0.3, allocation="uniform", progress=False,
+                                           method_options={"fixed_alpha": 1.0, "fine": "wanda-sp"}),
+                      calibration_ids=calib_ids).report
+    wanda = prune(b, None, PruneConfig(reconstruct=False, ratio=0.3, method="wanda-sp", allocation="uniform",
+                                       progress=False), calibration_ids=calib_ids).report
+    for kind in ("attn", "mlp"):
+        assert [e[kind]["kept"] for e in fine_only["layers"]] == [e[kind]["kept"] for e in wanda["layers"]]
+
+
 def test_bad_hywia_options():
     with pytest.raises(HywiaError, match="unknown HyWIA option"):
         prune(build_tiny("llama-mha"), None, PruneConfig(reconstruct=False, ratio=0.2, method_options={"stepz": 3}),

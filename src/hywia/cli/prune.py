@@ -11,7 +11,7 @@ from .common import (add_eval_args, add_model_args, add_remote_code_arg, check_s
                      eval_texts, perplexities, quiet_libraries)
 
 HYWIA_OPTION_HELP = {
-    "fine": "fine-grained saliency: element1 or element2",
+    "fine": "fine-grained saliency: element1 (default), element2 or wanda-sp",
     "coarse": "whole-group score: compensated (output error of removing the unit, the rest compensating) or taylor",
     "coarse_damping": "relative ridge of the compensated coarse score",
     "intercept": "compensated coarse score and reconstruction with a bias for the removed inputs' means (yes/no)",

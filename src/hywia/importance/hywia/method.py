@@ -2,7 +2,9 @@
 whose few parameters are learned end to end with the LLM frozen.
 
 * fine (per weight, aggregated): Taylor Element^1 ``sum |w g|`` (or Element^2) over all the unit's coupled
-  weights (q/k/v/o rows and columns, gate/up/down), from one gradient pass: the loss view.
+  weights (q/k/v/o rows and columns, gate/up/down), from one gradient pass: the loss view; or
+  ``--hywia-fine wanda-sp``: ``sum |W_ij| ||X_j||`` over the unit's o_proj / down_proj input columns (each
+  weight's magnitude times its input's norm, forward only): the activation view.
 * coarse (the whole group at once), ``--hywia-coarse``: ``compensated`` (default) = the output error of
   removing the unit's columns of o_proj / down_proj jointly while the kept ones compensate
   (``importance.compensated``; second order, from one layer-wise pass over the calibration inputs), or
@@ -27,12 +29,13 @@ from ...models.groups import MLP
 from ...models.placement import input_device
 from ..compensated import compensated_scores
 from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
-from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, top_units
+from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, score, top_units
 from ..weight_methods import gradient_stats, taylor_importance
 from .gates import gated
 from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, fuse, normalise, soft_mask
 
 LOSSES = ("lm", "kl")
+FINE_SCORES = ("element1", "element2", "wanda-sp")
 COARSE = ("compensated", "taylor")
 # The dense logits of all calibration samples are kept when they fit in the larger of DENSE_CACHE_BYTES and
 # DENSE_CACHE_WEIGHT_SHARE of the model's weights (on a GPU also within DENSE_CACHE_GPU_SHARE of its free
@@ -46,7 +49,7 @@ DENSE_CACHE_GPU_SHARE = 0.25
 class HybridOptions:
     """Settings of HyWIA's fusion (``--hywia-*`` on the command line)."""
 
-    fine: str = "element1"  # fine-grained saliency: element1 (w*g) or element2 (w*g - 1/2 w*F*w)
+    fine: str = "element1"  # fine-grained saliency: element1 (w*g), element2 (w*g - 1/2 w*F*w) or wanda-sp
     coarse: str = "compensated"  # whole-group score: compensated output error, or taylor |sum w*g|
     coarse_damping: float = 0.1  # relative ridge of the compensated error (as --reconstruct-damping)
     intercept: bool = False  # compensated: removed inputs' means go into a bias (FLAP's compensation)
@@ -76,7 +79,7 @@ class HybridOptions:
 
     def validate(self) -> None:
         checks = [
-            (self.fine in ("element1", "element2"), f"--hywia-fine must be element1 or element2, got {self.fine!r}"),
+            (self.fine in FINE_SCORES, f"--hywia-fine must be one of {FINE_SCORES}, got {self.fine!r}"),
             (self.coarse in COARSE, f"--hywia-coarse must be one of {COARSE}, got {self.coarse!r}"),
             (self.coarse_damping > 0, f"--hywia-coarse-damping must be > 0, got {self.coarse_damping}"),
             (self.normalisation in NORMALISATIONS, f"--hywia-normalisation must be one of {NORMALISATIONS}"),
@@ -92,15 +95,19 @@ class HybridOptions:
 
 
 def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Scores, Scores, Scores]:
-    """Raw fine (element-wise Taylor, sum |s|) and coarse scores (module docstring), and the output
+    """Raw fine (element-wise Taylor sum |s|, or Wanda-sp) and coarse scores (module docstring), and the output
     projections' input means (for the intercept; empty without one)."""
-    stats = gradient_stats(context, with_fisher=opts.fine == "element2")
     fine, coarse, means = {}, {}, {}
-    for gs in context.group_sets:
-        fine[gs.key] = taylor_importance(gs, stats, "element", second_order=opts.fine == "element2").cpu()
-        if opts.coarse == "taylor":
-            coarse[gs.key] = taylor_importance(gs, stats, "group").cpu()
-    del stats
+    if opts.fine == "wanda-sp":
+        fine = {key: value.cpu() for key, value in score("wanda-sp", context).scores.items()}
+    if opts.fine != "wanda-sp" or opts.coarse == "taylor":
+        stats = gradient_stats(context, with_fisher=opts.fine == "element2")
+        for gs in context.group_sets:
+            if opts.fine != "wanda-sp":
+                fine[gs.key] = taylor_importance(gs, stats, "element", second_order=opts.fine == "element2").cpu()
+            if opts.coarse == "taylor":
+                coarse[gs.key] = taylor_importance(gs, stats, "group").cpu()
+        del stats
     if opts.coarse == "compensated":
         def per_unit(weight, gram: GramStats, gs):
             extra = dict(input_sum=gram.sum, count=gram.count) if opts.intercept else {}
