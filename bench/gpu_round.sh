@@ -5,6 +5,7 @@
 #   bash bench/gpu_round.sh B   # issue-12 table with the recipe the sweep chose: GPU0 20%, GPU1 50%
 #   bash bench/gpu_round.sh C   # issue-10 full-set 7-task rows (hywia + the three best others, 3 seeds): GPU0 20%, GPU1 50%
 #   bash bench/gpu_round.sh D   # GPU0: issue-13 LLaMA-13B / Llama-3-8B stages (peak-traced) | GPU1: 7B recovery steps
+#   bash bench/gpu_round.sh E   # issue-10 round 4 (hywia, hywia fine wanda-sp, Wanda-sp + rec; 3 seeds, full sets): GPU0 20%, GPU1 50%
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -48,6 +49,14 @@ case "$1" in
     part 0 large13 570 python bench/scale.py --shapes llama-13b llama-3-8b --methods hywia --ratios 0.2 --samples 10 \
       --peak-trace
     part 1 recstep12 570 python bench/recovery_step.py --shape llama-7b --ratio 0.2 --steps 4 --json "$OUT/recstep12.json"
+    wait ;;
+  E)
+    for gpu_ratio in "0 0.2" "1 0.5"; do
+      set -- $gpu_ratio
+      part "$1" "round4_$2" 575 python bench/quality.py --variants-file bench/variants/issue10_round4.json \
+        --only "hywia fine wanda-sp" "wanda-sp + rec" "hywia uniform" --ratios "$2" --seeds 0 1 2 \
+        --device cuda --mc val paper --out "$OUT/round4_$2.jsonl"
+    done
     wait ;;
 esac
 tail -n 25 "$OUT"/*.log
