@@ -70,7 +70,7 @@ def profile(model, ids: torch.Tensor, steps: int, top: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model folders; the first is the dense reference")
     parser.add_argument("--device", default="cuda")
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     models = [load_model(path, dtype=args.dtype, device=args.device).model for path in args.models]
     vocab = models[0].get_input_embeddings().weight.shape[0]
