@@ -12,6 +12,7 @@ S=~/stage
 K=/tmp/scale
 LIMIT=${LIMIT:-}  # documents per zero-shot task in part B (empty: full sets)
 SEED=${SEED:-0}   # calibration seed of the pruning in part B
+SWEEP=$S/sweep12.jsonl; [ -f "$SWEEP" ] || SWEEP=bench/results/issue12_sweep_gpu.jsonl  # part A's rows (recipe choice)
 part() {  # GPU, log name, timeout seconds, command...
   local gpu=$1 name=$2 limit=$3; shift 3
   ( CUDA_VISIBLE_DEVICES=$gpu timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "exit $? after ${SECONDS}s" >> "$OUT/$name.log" ) &
@@ -34,7 +35,7 @@ case "$1" in
     for gpu_ratio in "0 0.2" "1 0.5"; do
       set -- $gpu_ratio
       part "$1" "table12_$2" 570 python bench/recovery.py --device cuda --ratios "$2" --methods hywia,element1,flap \
-        --objectives distill,lm --mc val paper ${LIMIT:+--limit $LIMIT} --recipe-from $S/sweep12.jsonl \
+        --objectives distill,lm --mc val paper ${LIMIT:+--limit $LIMIT} --recipe-from "$SWEEP" \
         --seed "$SEED" --out-jsonl "$OUT/table12_$2.jsonl"
     done
     wait ;;
