@@ -26,6 +26,7 @@ than kept columns, or constant inputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,12 +54,6 @@ def check_damping(damping: float) -> float:
     return damping
 
 
-def _finite(*tensors: torch.Tensor) -> None:
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
-        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
-                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
-
-
 def pseudo_inverse_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """The minimum-norm ``matrix^-1 rhs`` of a symmetric positive semi-definite ``matrix``, from its
     eigendecomposition (eigenvalues below ``d * eps * max`` count as zero)."""
@@ -73,14 +68,20 @@ def pseudo_inverse_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tenso
     return vectors @ (inverse[:, None] * (vectors.T @ rhs))
 
 
-def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """``matrix^-1 rhs`` for a symmetric positive semi-definite ``matrix`` (float64): Cholesky when it is
-    positive definite, otherwise :func:`pseudo_inverse_solve`."""
-    _finite(matrix, rhs)
-    factor, info = torch.linalg.cholesky_ex(matrix)
+def solve_symmetric(build: Callable[[], torch.Tensor], rhs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``A^-1 rhs`` for the symmetric positive semi-definite float64 matrix A that ``build()`` returns as a fresh
+    tensor: Cholesky in place of A (no second d x d copy) when A is positive definite; otherwise the
+    factorisation has overwritten A, so it is built again for :func:`pseudo_inverse_solve`."""
+    matrix = build()
+    if not (torch.isfinite(matrix).all() and torch.isfinite(rhs).all()):
+        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
+                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
+    info = torch.empty((), dtype=torch.int32, device=matrix.device)
+    factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))
     if int(info) == 0:
         return factor_solve(factor, rhs), CHOLESKY
-    return pseudo_inverse_solve(matrix, rhs), PSEUDO_INVERSE
+    del factor, matrix
+    return pseudo_inverse_solve(build(), rhs), PSEUDO_INVERSE
 
 
 def factor_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ def solve_compensation(
     """
     damping = check_damping(damping)
     device = gram.device
-    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    g = gram.to(torch.float64)  # no copy when already float64
     kept = kept.to(device=device, dtype=torch.long)
     removed = removed.to(device=device, dtype=torch.long)
     w_r = weight.detach().index_select(1, removed.to(weight.device)).to(device=device, dtype=torch.float64)
@@ -126,7 +127,7 @@ def solve_compensation(
             out.addr_(rows_mu, mu_s, alpha=-count)
         return out
 
-    def system() -> torch.Tensor:
+    def system() -> torch.Tensor:  # G_SS + lambda I, gathered afresh on each call
         matrix = block(kept, mu_s)
         matrix.diagonal().add_(lam)
         return matrix
@@ -137,15 +138,7 @@ def solve_compensation(
         delta, solver = torch.zeros(weight.shape[0], len(kept), dtype=torch.float64, device=device), CHOLESKY
     else:
         rhs = (w_r @ block(removed, mu_r)).T  # D A = B with A symmetric  <=>  A D^T = B^T
-        matrix = system()
-        _finite(matrix, rhs)
-        info = torch.empty((), dtype=torch.int32, device=device)
-        factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))  # in place: no second |S|^2 copy
-        if int(info) == 0:
-            solution, solver = factor_solve(factor, rhs), CHOLESKY
-        else:  # not positive definite (lambda = 0): the factorisation overwrote the system, so gather it again
-            del factor, matrix
-            solution, solver = pseudo_inverse_solve(system(), rhs), PSEUDO_INVERSE
+        solution, solver = solve_symmetric(system, rhs)
         delta = solution.T
     bias = None
     if intercept:
@@ -168,7 +161,7 @@ def output_error(error: torch.Tensor, gram: torch.Tensor, *, bias: torch.Tensor 
     ``error`` is E [d_out, d_in] (e.g. the weight minus its dense value), ``bias`` b, ``input_sum`` s = X 1.
     Output rows are independent terms: they are summed in chunks of ``ROW_CHUNK_BYTES``.
     """
-    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    g = gram.to(torch.float64)  # no copy when already float64
     s = input_sum.to(device=g.device, dtype=torch.float64) if bias is not None else None
     total = 0.0
     for rows in _row_slices(*error.shape):
@@ -185,7 +178,7 @@ def relative_errors(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor
                     count: int | None = None) -> tuple[float, float]:
     """``||W_S X_S - W X|| / ||W X||`` (plain removal) and the same with ``W_S'`` (and ``b``) of ``solution``,
     accumulated over chunks of output rows."""
-    g = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    g = gram.to(torch.float64)  # no copy when already float64
     kept, removed = kept.to(g.device), removed.to(g.device)
     reference = before = after = 0.0
     for rows in _row_slices(*weight.shape):
