@@ -22,30 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from hywia.evaluate.speed import _cache_argument
+from hywia.evaluate.speed import _prefill_then_decode
 from hywia.models.io import load_model
 
 
-@torch.inference_mode()
 def decode(model, ids: torch.Tensor, steps: int) -> tuple[float, float]:
-    """(issue seconds, total seconds) of ``steps`` greedy eager decode steps after a prefill."""
-    name = _cache_argument(model)
-    out = model(input_ids=ids, use_cache=True)
-    past, next_ids = getattr(out, name), out.logits[:, -1:].argmax(-1)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = model(input_ids=next_ids, use_cache=True, **{name: past})
-        past, next_ids = getattr(out, name), out.logits[:, -1:].argmax(-1)
-    issued = time.perf_counter() - start
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    return issued, time.perf_counter() - start
+    """(issue seconds, total seconds) of ``steps`` greedy eager decode steps after an untimed prefill."""
+    _, total, issued = _prefill_then_decode(model, ids, steps)
+    return issued, total
 
 
 def profile(model, ids: torch.Tensor, steps: int, top: int) -> dict:

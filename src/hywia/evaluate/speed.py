@@ -146,8 +146,9 @@ def _cache_argument(model: nn.Module) -> str:
 
 
 @torch.inference_mode()
-def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Seconds for the prefill forward and for ``new_tokens`` greedy decode steps on its cache."""
+def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, float]:
+    """Seconds for the prefill forward and for ``new_tokens`` greedy decode steps on its cache, and the seconds
+    the decode loop took before its final synchronisation (the CPU's time to issue the steps)."""
     device = ids.device
     cache_name = _cache_argument(model)
     _sync(device)
@@ -161,8 +162,9 @@ def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -
     for _ in range(new_tokens):
         out = model(input_ids=next_ids, use_cache=True, **{cache_name: past})
         past, next_ids = getattr(out, cache_name), out.logits[:, -1:].argmax(-1)
+    issued = time.perf_counter() - start
     _sync(device)
-    return prefill, time.perf_counter() - start
+    return prefill, time.perf_counter() - start, issued
 
 
 class CompiledDecoder:
