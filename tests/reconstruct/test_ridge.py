@@ -59,8 +59,11 @@ def test_matches_brute_force_least_squares(damping):
     torch.testing.assert_close(w[:, kept] + fit.delta, closed, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("rows_per_chunk", [None, 1, 3])
 @pytest.mark.parametrize("damping", [0.01, 0.3, 5.0])
-def test_intercept_matches_brute_force(damping):
+def test_intercept_matches_brute_force(damping, rows_per_chunk, monkeypatch):
+    if rows_per_chunk:  # the Gram blocks gathered a few rows at a time
+        monkeypatch.setattr(ridge, "ROW_CHUNK_BYTES", 8 * D_IN * rows_per_chunk)
     w, x, kept, removed = problem(seed=1, offset=0.7)  # non-zero means: the intercept matters
     fit = solve_compensation(w, x @ x.T, kept, removed, damping, **stats(x))
     expected_w, expected_b = brute_force(w, x, kept, damping, intercept=True)

@@ -121,8 +121,11 @@ def solve_compensation(
         mu_s, mu_r = mu.index_select(0, kept), mu.index_select(0, removed)
 
     def block(rows: torch.Tensor, rows_mu: torch.Tensor | None) -> torch.Tensor:
-        """G_{rows,S}, centred with an intercept: a fresh tensor."""
-        out = g[rows.unsqueeze(1), kept]
+        """G_{rows,S}, centred with an intercept: a fresh tensor, gathered ``ROW_CHUNK_BYTES`` of rows at a time
+        (one advanced-indexing gather materialises int64 indices of the whole block: 2-4x its size)."""
+        out = torch.empty(len(rows), len(kept), dtype=g.dtype, device=device)
+        for chunk in _row_slices(len(rows), g.shape[1]):
+            torch.index_select(g.index_select(0, rows[chunk]), 1, kept, out=out[chunk])
         if intercept:
             out.addr_(rows_mu, mu_s, alpha=-count)
         return out

@@ -8,6 +8,8 @@ whose few parameters are learned end to end with the LLM frozen.
 * coarse (the whole group at once), ``--hywia-coarse``: ``compensated`` (default) = the output error of
   removing the unit's columns of o_proj / down_proj jointly while the kept ones compensate
   (``importance.compensated``; second order, from one layer-wise pass over the calibration inputs), or
+  ``sequential`` = the same error taken greedily as units leave together (``importance.sequential``: each
+  unit's score is the joint error at the step the greedy removal takes it), or
   ``taylor`` = ``|sum w g|`` over the group (the first-order loss change of zeroing it).
 
 End to end: soft masks from the fused scores at the target widths gate head outputs and MLP channels
@@ -28,6 +30,7 @@ from ...errors import HywiaError
 from ...models.groups import MLP
 from ...models.placement import input_device
 from ..compensated import compensated_scores
+from ..sequential import sequential_scores
 from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, score, top_units
 from ..weight_methods import gradient_stats, taylor_importance
@@ -36,7 +39,8 @@ from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs,
 
 LOSSES = ("lm", "kl")
 FINE_SCORES = ("element1", "element2", "wanda-sp")
-COARSE = ("compensated", "taylor")
+COARSE = ("compensated", "sequential", "taylor")
+COMPENSATED_SCORES = {"compensated": compensated_scores, "sequential": sequential_scores}
 # The dense logits of all calibration samples are kept when they fit in the larger of DENSE_CACHE_BYTES and
 # DENSE_CACHE_WEIGHT_SHARE of the model's weights (on a GPU also within DENSE_CACHE_GPU_SHARE of its free
 # memory); else they are recomputed per step, so the fusion's peak does not grow with the calibration size.
@@ -50,7 +54,7 @@ class HybridOptions:
     """Settings of HyWIA's fusion (``--hywia-*`` on the command line)."""
 
     fine: str = "element1"  # fine-grained saliency: element1 (w*g), element2 (w*g - 1/2 w*F*w) or wanda-sp
-    coarse: str = "compensated"  # whole-group score: compensated output error, or taylor |sum w*g|
+    coarse: str = "compensated"  # whole-group score: compensated output error (one-shot or sequential), or taylor
     coarse_damping: float = 0.1  # relative ridge of the compensated error (as --reconstruct-damping)
     intercept: bool = False  # compensated: removed inputs' means go into a bias (FLAP's compensation)
     normalisation: str = "mean"  # within (layer, kind): mean, rank or zscore (uniform allocation)
@@ -108,10 +112,11 @@ def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Sc
             if opts.coarse == "taylor":
                 coarse[gs.key] = taylor_importance(gs, stats, "group").cpu()
         del stats
-    if opts.coarse == "compensated":
+    if opts.coarse in COMPENSATED_SCORES:
         def per_unit(weight, gram: GramStats, gs):
             extra = dict(input_sum=gram.sum, count=gram.count) if opts.intercept else {}
-            errors = compensated_scores(weight, gram.gram, gs.num_units, opts.coarse_damping, overwrite=True, **extra)
+            errors = COMPENSATED_SCORES[opts.coarse](weight, gram.gram, gs.num_units, opts.coarse_damping,
+                                                     overwrite=True, **extra)
             return errors.cpu(), (gram.sum / gram.count).float().cpu()  # gram.gram is consumed
 
         collected = collect(context, per_unit, statistics=GramStats)
@@ -145,7 +150,7 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
     ppu = {gs.key: gs.params_per_unit(context.model) for gs in context.group_sets}
     scope = "layer" if context.allocation == "uniform" else "model"
     fine = comparable(fine_raw, ppu, scope, opts.normalisation)
-    if opts.coarse == "compensated" and scope == "model":
+    if opts.coarse in COMPENSATED_SCORES and scope == "model":
         coarse = anchored(coarse_raw, fine)
     else:
         coarse = comparable(coarse_raw, ppu, scope, opts.normalisation)
