@@ -6,12 +6,15 @@
 #   bash bench/gpu_round.sh C   # issue-10 full-set 7-task rows (hywia + the three best others, 3 seeds): GPU0 20%, GPU1 50%
 #   bash bench/gpu_round.sh D   # GPU0: issue-13 LLaMA-13B / Llama-3-8B stages (peak-traced) | GPU1: 7B recovery steps
 #   bash bench/gpu_round.sh E   # issue-10 round 4 (hywia, hywia fine wanda-sp, Wanda-sp + rec; 3 seeds, full sets): GPU0 20%, GPU1 50%
+#   ROUND5="name,name" bash bench/gpu_round.sh F  # issue-10 round 5 (those variants of issue10_round5.json, 3 seeds,
+#                               # full sets): one process per (ratio, variant): GPU0 20%, GPU1 50%
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
 K=/tmp/scale
 LIMIT=${LIMIT:-}  # documents per zero-shot task in part B (empty: full sets)
 SEED=${SEED:-0}   # calibration seed of the pruning in part B
+IFS=, read -r -a VARIANTS <<< "${ROUND5:-}"  # part F: variant names, comma-separated
 SWEEP=$S/sweep12.jsonl; [ -f "$SWEEP" ] || SWEEP=bench/results/issue12_sweep_gpu.jsonl  # part A's rows (recipe choice)
 part() {  # GPU, log name, timeout seconds, command...
   local gpu=$1 name=$2 limit=$3; shift 3
@@ -58,6 +61,15 @@ case "$1" in
       part "$1" "round4_$2" 575 python bench/quality.py --variants-file bench/variants/issue10_round4.json \
         --only "hywia fine wanda-sp" "wanda-sp + rec" "hywia uniform" --ratios "$2" --seeds 0 1 2 \
         --device cuda --mc val paper --out "$OUT/round4_$2.jsonl"
+    done
+    wait ;;
+  F)
+    for gpu_ratio in "0 0.2" "1 0.5"; do
+      set -- $gpu_ratio
+      for variant in "${VARIANTS[@]}"; do
+        part "$1" "round5_$2_${variant// /_}" 575 python bench/quality.py --variants-file bench/variants/issue10_round5.json \
+          --only "$variant" --ratios "$2" --seeds 0 1 2 --device cuda --mc val paper --out "$OUT/round5_$2_${variant// /_}.jsonl"
+      done
     done
     wait ;;
 esac
