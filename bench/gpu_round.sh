@@ -68,7 +68,7 @@ case "$1" in
       set -- $gpu_ratio
       for variant in "${VARIANTS[@]}"; do
         part "$1" "round5_$2_${variant// /_}" 575 python bench/quality.py --variants-file bench/variants/issue10_round5.json \
-          --only "$variant" --ratios "$2" --seeds 0 1 2 --device cuda --mc val paper --out "$OUT/round5_$2_${variant// /_}.jsonl"
+          --only "$variant" --ratios "$2" --seeds 0 1 2 --device cuda --mc val paper --skip-dense --out "$OUT/round5_$2_${variant// /_}.jsonl"
       done
     done
     wait ;;

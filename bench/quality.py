@@ -60,6 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--round-to", default=None,
                         help="MLP width step of every variant without its own round_to (default: PruneConfig's auto)")
+    parser.add_argument("--skip-dense", action="store_true", help="no dense row (measured by an earlier run)")
     parser.add_argument("--out", required=True)
     return parser.parse_args(argv)
 
@@ -122,10 +123,11 @@ def main(argv=None) -> int:
         print(f"{row.get('ratio', 0):.0%} s{row.get('seed', '-')} {row['variant']:28s} val {row['val_ppl']:9.2f}  "
               f"ppl {row['ppl']:9.2f}  {mc}  {row.get('seconds', 0):.1f} s", flush=True)
 
-    dense_row = {**common, "variant": "dense", "params": count_parameters(dense_model), **measure(dense_model)}
-    for kind in args.mc:
-        dense_row.update(mc_scores(dense_model, tokenizer, kind, args.mc_limit, args.batch_size, args.val_limit))
-    write(dense_row)
+    if not args.skip_dense:
+        dense_row = {**common, "variant": "dense", "params": count_parameters(dense_model), **measure(dense_model)}
+        for kind in args.mc:
+            dense_row.update(mc_scores(dense_model, tokenizer, kind, args.mc_limit, args.batch_size, args.val_limit))
+        write(dense_row)
     samples: dict = {}
     for name in names:  # variant by variant: a run cut short loses whole variants, not some of their seeds
         for ratio in args.ratios:
