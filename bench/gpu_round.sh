@@ -8,6 +8,8 @@
 #   bash bench/gpu_round.sh E   # issue-10 round 4 (hywia, hywia fine wanda-sp, Wanda-sp + rec; 3 seeds, full sets): GPU0 20%, GPU1 50%
 #   ROUND5="name,name" bash bench/gpu_round.sh F  # issue-10 round 5 (those variants of issue10_round5.json, 3 seeds,
 #                               # full sets): one process per (ratio, variant): GPU0 20%, GPU1 50%
+#   ROUND5="name,name" bash bench/gpu_round.sh G  # the same variants on Gemma-3-270M (all 18 layers, 10% and 20%,
+#                               # first 200 docs per 7-task task as round 2): GPU0 10%, GPU1 20%
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -69,6 +71,16 @@ case "$1" in
       for variant in "${VARIANTS[@]}"; do
         part "$1" "round5_$2_${variant// /_}" 575 python bench/quality.py --variants-file bench/variants/issue10_round5.json \
           --only "$variant" --ratios "$2" --seeds 0 1 2 --device cuda --mc val paper --skip-dense --out "$OUT/round5_$2_${variant// /_}.jsonl"
+      done
+    done
+    wait ;;
+  G)
+    for gpu_ratio in "0 0.1" "1 0.2"; do
+      set -- $gpu_ratio
+      for variant in "${VARIANTS[@]}"; do
+        part "$1" "gemma5_$2_${variant// /_}" 575 python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
+          --layers 0:18 --variants-file bench/variants/issue10_round5.json --only "$variant" --ratios "$2" --seeds 0 1 2 \
+          --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/gemma5_$2_${variant// /_}.jsonl"
       done
     done
     wait ;;
