@@ -78,7 +78,7 @@ case "$1" in
     for gpu_ratio in "0 0.1" "1 0.2"; do
       set -- $gpu_ratio
       for variant in "${VARIANTS[@]}"; do
-        part "$1" "gemma5_$2_${variant// /_}" 575 python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
+        part "$1" "gemma5_$2_${variant// /_}" 450 python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
           --layers 0:18 --variants-file bench/variants/issue10_round5.json --only "$variant" --ratios "$2" --seeds 0 1 2 \
           --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/gemma5_$2_${variant// /_}.jsonl"
       done
