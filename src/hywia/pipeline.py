@@ -237,7 +237,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         return allocate_scored(config.allocation, budgets, scores, target_ratio, params_before).keep_counts
 
     context = ScoringContext(model, adapter, group_sets, samples, config.seed, config.batch_size, config.progress,
-                             dict(config.method_options), config.allocation, keep_counts_for)
+                             dict(config.method_options), config.allocation, keep_counts_for,
+                             config.reconstruct_damping if config.reconstruct else None)
     stages = {"setup": time.perf_counter() - started}
     clock = time.perf_counter()
     scored = score(config.method, context)

@@ -197,7 +197,7 @@ def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most():
     """fixed_alpha 0 (coarse only, uniform widths) keeps, per layer, the units whose removal leaves the largest
     output error after the best ridge refit of the rest -- recomputed here by brute-force least squares on
     inputs caught by hooks on a whole-model forward (independent of the layer-wise engine and the formula)."""
-    from test_compensated import brute_force_error
+    from least_squares import brute_force_error
 
     model = build_tiny("llama-gqa")
     adapter = get_adapter(model)
@@ -248,3 +248,53 @@ def test_intercept_compensates_with_biases_and_reloads(tmp_path, reconstruct):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(probe_ids()).logits, model(probe_ids()).logits)
     assert result.report["parameters"]["after"] == sum(p.numel() for p in reloaded.parameters())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "attn"])
+def test_compensated_gates_equal_the_reconstructed_weights(probe_ids, kind):
+    """Hard 0/1 masks through compensated gates give the logits of the model whose output projection was
+    refitted by the reconstruction's ridge (kept columns W_S + D, removed columns zero): checked on a whole
+    forward, for MLP channels and for KV groups (blocks of columns)."""
+    from hywia.importance.hywia.gates import gated
+    from hywia.importance.hywia.substitution import substitution_matrix
+    from hywia.reconstruct import solve_compensation
+
+    model, reference = build_tiny("llama-gqa"), build_tiny("llama-gqa")
+    adapter = get_adapter(model)
+    group_sets = [gs for gs in adapter.group_sets(1) if gs.key == (1, kind)]
+    gs = group_sets[0]
+    module = adapter.unit_output_module(1, kind)
+    weight = model.get_submodule(module).weight.detach().double()
+    d_in, size = weight.shape[1], weight.shape[1] // gs.num_units
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(4 * d_in, d_in, generator=generator, dtype=torch.float64)
+    gram = x.T @ x
+    kept_units = torch.arange(0, gs.num_units, 2)
+    mask = torch.zeros(gs.num_units)
+    mask[kept_units] = 1.0
+    columns = torch.arange(d_in).view(gs.num_units, size)
+    kept, removed = columns[kept_units].reshape(-1), columns[mask == 0].reshape(-1)
+    fit = solve_compensation(weight, gram, kept, removed, 0.1)
+    refitted = torch.zeros_like(weight)
+    refitted[:, kept] = weight[:, kept] + fit.delta
+    with torch.no_grad():
+        reference.get_submodule(module).weight.copy_(refitted.float())
+        with gated(model, adapter, group_sets) as gates:
+            gates.masks[gs.key] = mask
+            gates.substitutions[gs.key] = substitution_matrix(gram, kept_units, size, 0.1)
+            torch.testing.assert_close(model(probe_ids).logits, reference(probe_ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_gate_modes_follow_the_reconstruction(calib_ids):
+    """auto: compensated gates when a reconstruction follows, plain without one; compensated without one: a clear error."""
+    runs = {}
+    for reconstruct, gates in ((True, "auto"), (False, "auto")):
+        report = prune(build_tiny("llama-gqa"), None, PruneConfig(reconstruct=reconstruct, ratio=0.3, progress=False,
+                                                                  method_options={"steps": 2, "gates": gates}),
+                       calibration_ids=calib_ids).report
+        runs[reconstruct] = report["method_details"]["gates"]
+    assert runs[True] == "compensated gates" and runs[False].startswith("plain gates: no reconstruction")
+    with pytest.raises(HywiaError, match="--hywia-gates compensated is not possible"):
+        prune(build_tiny("llama-gqa"), None, PruneConfig(reconstruct=False, ratio=0.3, progress=False,
+                                                         method_options={"steps": 2, "gates": "compensated"}),
+              calibration_ids=calib_ids)

@@ -24,6 +24,8 @@ HYWIA_OPTION_HELP = {
     "loss": "lm (language-model loss) or kl (to the dense model)",
     "batch_size": "calibration samples per fusion step",
     "fixed_alpha": "fixed weight of the fine score instead of learning (e.g. 0.5)",
+    "gates": "what a gated-off unit passes on while the fusion learns: plain (zero), compensated (its ridge stand-in "
+             "from the kept units, as the reconstruction will make it) or auto (compensated when it fits)",
 }
 
 

@@ -36,6 +36,9 @@ class ScoringContext:
     # Keep counts the allocation gives for candidate scores: lets a method aim its search at the widths
     # that will really be kept (HyWIA's soft masks). Uniform allocation ignores the scores.
     allocate: Callable[[dict], dict] | None = None
+    # The ridge damping of the reconstruction that will follow the removal (None: no reconstruction):
+    # lets a method score units as the reconstructed model will see them (HyWIA's compensated gates).
+    reconstruct_damping: float | None = None
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Soft gates on units without copying weights: a forward pre-hook scales each unit's input slice of
-the output projection (o_proj for heads / KV groups, down_proj for MLP channels)."""
+the output projection (o_proj for heads / KV groups, down_proj for MLP channels). With a substitution
+matrix P for the group set (``substitution``), a gated-off unit's inputs are replaced by their compensated
+stand-in: h~ = m h + (1 - m) P h."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class UnitGates:
 
     def __init__(self):
         self.masks: dict[tuple[int, str], torch.Tensor] = {}
+        self.substitutions: dict[tuple[int, str], torch.Tensor] = {}
 
     def hook_for(self, key: tuple[int, str], num_units: int):
         def scale_units(_module, args):
@@ -24,8 +27,14 @@ class UnitGates:
             if mask is None:
                 return None
             hidden = args[0]
+            mask = mask.to(device=hidden.device, dtype=hidden.dtype)
+            substitution = self.substitutions.get(key)
+            if substitution is not None:
+                columns = mask.repeat_interleave(hidden.shape[-1] // num_units)
+                stand_in = hidden @ substitution.to(device=hidden.device, dtype=hidden.dtype).T
+                return (hidden * columns + stand_in * (1 - columns), *args[1:])
             shaped = hidden.unflatten(-1, (num_units, -1))
-            gated = shaped * mask.to(hidden.dtype).to(hidden.device)[:, None]
+            gated = shaped * mask[:, None]
             return (gated.flatten(-2), *args[1:])
 
         return scale_units

@@ -15,6 +15,10 @@ whose few parameters are learned end to end with the LLM frozen.
 End to end: soft masks from the fused scores at the target widths gate head outputs and MLP channels
 (``gates``); the fusion parameters minimise the language-model loss (or the KL divergence to the
 dense model) on the calibration samples; hard top-k of the final fused scores then selects the units.
+``--hywia-gates compensated``: when the reconstruction follows, a gated-off unit's inputs are replaced by
+their ridge prediction from the kept units (``substitution``) instead of zero, so the loss the fusion
+learns from is the reconstructed model's; ``auto`` does so when the per-layer Gram copies fit the cache
+budget (``DENSE_CACHE_*``), else falls back to plain gates (recorded in the report).
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, score, top_units
 from ..weight_methods import gradient_stats, taylor_importance
 from .gates import gated
+from .substitution import substitution_matrix
 from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, fuse, normalise, soft_mask
 
 LOSSES = ("lm", "kl")
 FINE_SCORES = ("element1", "element2", "wanda-sp")
 COARSE = ("compensated", "sequential", "taylor")
 COMPENSATED_SCORES = {"compensated": compensated_scores, "sequential": sequential_scores}
+GATES = ("plain", "compensated", "auto")
+SUBSTITUTION_REFRESH = 25  # compensated gates: rebuild the substitutions around the current selection every N steps
 # The dense logits of all calibration samples are kept when they fit in the larger of DENSE_CACHE_BYTES and
 # DENSE_CACHE_WEIGHT_SHARE of the model's weights (on a GPU also within DENSE_CACHE_GPU_SHARE of its free
 # memory); else they are recomputed per step, so the fusion's peak does not grow with the calibration size.
@@ -70,6 +77,7 @@ class HybridOptions:
     key_dim: int = 8
     fixed_alpha: float | None = None  # fixed weight of the fine score (no learning): 0.5 = plain average
     realloc_every: int = 10  # global allocation: recompute per-layer widths every N steps
+    gates: str = "plain"  # plain (gated-off units output zero), compensated (their ridge stand-in), or auto
 
     @classmethod
     def from_dict(cls, options: dict) -> "HybridOptions":
@@ -92,16 +100,19 @@ class HybridOptions:
             (self.steps >= 0 and self.batch_size >= 1, "--hywia-steps must be >= 0 and the batch size >= 1"),
             (self.temperature > 0, f"--hywia-temperature must be > 0, got {self.temperature}"),
             (self.fixed_alpha is None or 0 <= self.fixed_alpha <= 1, "--hywia-fixed-alpha must be in [0, 1]"),
+            (self.gates in GATES, f"--hywia-gates must be one of {GATES}, got {self.gates!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise HywiaError(message)
 
 
-def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Scores, Scores, Scores]:
-    """Raw fine (element-wise Taylor sum |s|, or Wanda-sp) and coarse scores (module docstring), and the output
-    projections' input means (for the intercept; empty without one)."""
-    fine, coarse, means = {}, {}, {}
+def granularity_scores(context: ScoringContext, opts: HybridOptions, keep_grams: bool = False
+                       ) -> tuple[Scores, Scores, Scores, dict]:
+    """Raw fine (element-wise Taylor sum |s|, or Wanda-sp) and coarse scores (module docstring), the output
+    projections' input means (for the intercept; empty without one) and, with ``keep_grams`` and a compensated
+    coarse score, float32 copies of their input Grams (for compensated gates; else empty)."""
+    fine, coarse, means, grams = {}, {}, {}, {}
     if opts.fine == "wanda-sp":
         fine = {key: value.cpu() for key, value in score("wanda-sp", context).scores.items()}
     if opts.fine != "wanda-sp" or opts.coarse == "taylor":
@@ -115,14 +126,37 @@ def granularity_scores(context: ScoringContext, opts: HybridOptions) -> tuple[Sc
     if opts.coarse in COMPENSATED_SCORES:
         def per_unit(weight, gram: GramStats, gs):
             extra = dict(input_sum=gram.sum, count=gram.count) if opts.intercept else {}
+            kept_gram = gram.gram.float() if keep_grams else None  # a copy: the score consumes the Gram
             errors = COMPENSATED_SCORES[opts.coarse](weight, gram.gram, gs.num_units, opts.coarse_damping,
                                                      overwrite=True, **extra)
-            return errors.cpu(), (gram.sum / gram.count).float().cpu()  # gram.gram is consumed
+            return errors.cpu(), (gram.sum / gram.count).float().cpu(), kept_gram
 
         collected = collect(context, per_unit, statistics=GramStats)
         coarse = {key: value[0] for key, value in collected.items()}
         means = {key: value[1] for key, value in collected.items()} if opts.intercept else {}
-    return fine, coarse, means
+        grams = {key: value[2] for key, value in collected.items()} if keep_grams else {}
+    return fine, coarse, means, grams
+
+
+def gate_plan(context: ScoringContext, opts: HybridOptions) -> tuple[bool, str]:
+    """Whether the fusion uses compensated gates, and why (for the report)."""
+    if opts.gates == "plain" or opts.fixed_alpha is not None or opts.steps == 0:
+        return False, "plain gates" if opts.gates == "plain" else "no fusion training"
+    reasons = []
+    if context.reconstruct_damping is None or context.reconstruct_damping in (0, float("inf")):
+        reasons.append("no reconstruction with a finite positive damping follows")
+    if opts.coarse not in COMPENSATED_SCORES:
+        reasons.append("the coarse score collects no Gram matrices (--hywia-coarse taylor)")
+    if opts.intercept:
+        reasons.append("the intercept reconstruction is not modelled by the substitution")
+    gram_bytes = sum(4 * context.model.get_submodule(context.adapter.unit_output_module(*gs.key)).weight.shape[1] ** 2
+                     for gs in context.group_sets)
+    budget = _cache_budget(context.model, input_device(context.model))
+    if opts.gates == "auto" and gram_bytes > budget:
+        reasons.append(f"the Gram copies ({gram_bytes / 2**30:.2f} GiB) exceed the cache budget ({budget / 2**30:.2f} GiB)")
+    if reasons and opts.gates == "compensated":
+        raise HywiaError(f"--hywia-gates compensated is not possible: {'; '.join(reasons)}")
+    return (False, "plain gates: " + "; ".join(reasons)) if reasons else (True, "compensated gates")
 
 
 def comparable(raw: Scores, params_per_unit: dict, scope: str, mode: str) -> Scores:
@@ -145,7 +179,8 @@ def anchored(raw: Scores, anchor: Scores) -> Scores:
 def score_hywia(context: ScoringContext) -> ScoreResult:
     opts = HybridOptions.from_dict(context.options)
     started = time.perf_counter()
-    fine_raw, coarse_raw, means = granularity_scores(context, opts)
+    compensated_gates, gates_note = gate_plan(context, opts)
+    fine_raw, coarse_raw, means, grams = granularity_scores(context, opts, keep_grams=compensated_gates)
     scored = time.perf_counter()
     ppu = {gs.key: gs.params_per_unit(context.model) for gs in context.group_sets}
     scope = "layer" if context.allocation == "uniform" else "model"
@@ -183,7 +218,8 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
 
     losses: list[float] = []
     if opts.fixed_alpha is None and opts.steps > 0:
-        keep, losses = _learn(context, opts, fusion, blend_weights, fine, coarse, keep)
+        keep, losses = _learn(context, opts, fusion, blend_weights, fine, coarse, keep, grams)
+    del grams
     learned = time.perf_counter()
     with torch.no_grad():
         alphas = blend_weights()
@@ -191,6 +227,7 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
     details = {
         "options": asdict(opts),
         "normalisation_scope": scope,
+        "gates": gates_note,
         "alpha_fine": {f"{k[0]}.{k[1]}": float(alphas[k][..., FINE].mean()) for k in keys},
         "loss_curve": [round(x, 5) for x in losses],
         "kept_per_layer": {
@@ -222,8 +259,9 @@ def _shared_selection(single: Scores, fused: Scores, allocate) -> dict[str, floa
     return shares
 
 
-def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
-    """Fit the fusion parameters with the LLM frozen; return the final keep counts and the loss curve."""
+def _learn(context, opts, fusion, blend_weights, fine, coarse, keep, grams):
+    """Fit the fusion parameters with the LLM frozen; return the final keep counts and the loss curve.
+    With ``grams`` (compensated gates) the substitutions follow the current selection (``SUBSTITUTION_REFRESH``)."""
     model, samples = context.model, context.samples
     device = input_device(model)
     optimiser = torch.optim.Adam(fusion.parameters(), lr=opts.lr)
@@ -244,6 +282,8 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
                 fused = {k: fuse(fine[k], coarse[k], alphas[k]) for k in fine}
                 if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
                     keep = context.allocate({k: v.detach() for k, v in fused.items()})
+                if grams and step % SUBSTITUTION_REFRESH == 0:
+                    gates.substitutions.update(_substitutions(context, grams, fused, keep))
                 rows = torch.randperm(len(samples), generator=generator)[: opts.batch_size]
                 batch = samples[rows].to(device)
                 dense_logits = None
@@ -263,6 +303,16 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep):
             p.requires_grad_(flag)
         model.train(was_training)
     return keep, losses
+
+
+def _substitutions(context, grams: dict, fused: Scores, keep: dict) -> dict:
+    """The substitution matrix of every group set around the units the current fused scores keep."""
+    sizes = {gs.key: gs.num_units for gs in context.group_sets}
+    return {
+        key: substitution_matrix(gram, top_units(fused[key].detach(), keep[key]), gram.shape[0] // sizes[key],
+                                 context.reconstruct_damping)
+        for key, gram in grams.items()
+    }
 
 
 def _on_device(masks: dict, device: torch.device) -> dict:
