@@ -10,6 +10,9 @@
 #                               # full sets): one process per (ratio, variant): GPU0 20%, GPU1 50%
 #   ROUND5="name,name" bash bench/gpu_round.sh G  # the same variants on Gemma-3-270M (all 18 layers, 10% and 20%,
 #                               # first 200 docs per 7-task task as round 2): GPU0 10%, GPU1 20%
+#   ROUND5="name" LIMIT_S=250 bash bench/gpu_round.sh H  # one process per (model, ratio, seed, variant): SmolLM2
+#                               # 20% / 50% (validation columns only) on GPU0, Gemma-3-270M 10% / 20% (and 7-task,
+#                               # 200 docs) on GPU1; 2 CPU threads per process
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -81,6 +84,24 @@ case "$1" in
         part "$1" "gemma5_$2_${variant// /_}" 450 python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
           --layers 0:18 --variants-file bench/variants/issue10_round5.json --only "$variant" --ratios "$2" --seeds 0 1 2 \
           --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/gemma5_$2_${variant// /_}.jsonl"
+      done
+    done
+    wait ;;
+  H)
+    export OMP_NUM_THREADS=2
+    for variant in "${VARIANTS[@]}"; do
+      for seed in 0 1 2; do
+        for ratio in 0.2 0.5; do
+          part 0 "h_smol_${ratio}_${seed}_${variant// /_}" "${LIMIT_S:-250}" python bench/quality.py \
+            --variants-file bench/variants/issue10_round5.json --only "$variant" --ratios $ratio --seeds $seed \
+            --device cuda --mc val --skip-dense --out "$OUT/h_smol_${ratio}_${seed}_${variant// /_}.jsonl"
+        done
+        for ratio in 0.1 0.2; do
+          part 1 "h_gemma_${ratio}_${seed}_${variant// /_}" "${LIMIT_S:-250}" python bench/quality.py \
+            --model /tmp/gemma3-270m.gguf --label gemma3-270m --layers 0:18 \
+            --variants-file bench/variants/issue10_round5.json --only "$variant" --ratios $ratio --seeds $seed \
+            --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/h_gemma_${ratio}_${seed}_${variant// /_}.jsonl"
+        done
       done
     done
     wait ;;
