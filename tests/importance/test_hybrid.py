@@ -193,10 +193,13 @@ def test_bad_hywia_options():
               calibration_ids=torch.zeros(2, 8, dtype=torch.long))
 
 
-def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most():
+@pytest.mark.parametrize("coarse", ["compensated", "sequential"])
+def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most(coarse):
     """fixed_alpha 0 (coarse only, uniform widths) keeps, per layer, the units whose removal leaves the largest
     output error after the best ridge refit of the rest -- recomputed here by brute-force least squares on
-    inputs caught by hooks on a whole-model forward (independent of the layer-wise engine and the formula)."""
+    inputs caught by hooks on a whole-model forward (independent of the layer-wise engine and the formula).
+    sequential: the units that survive a brute-force greedy removal (each step drops the unit whose joint
+    removal with those already gone costs least, every candidate refitted by least squares)."""
     from least_squares import brute_force_error
 
     model = build_tiny("llama-gqa")
@@ -212,7 +215,8 @@ def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most():
         handle.remove()
     damping = 0.1
     report = prune(model, None, PruneConfig(reconstruct=False, ratio=0.3, allocation="uniform", progress=False,
-                                            method_options={"fixed_alpha": 0.0, "coarse_damping": damping}),
+                                            method_options={"fixed_alpha": 0.0, "coarse_damping": damping,
+                                                            "coarse": coarse}),
                    calibration_ids=ids).report
     for entry in report["layers"]:
         for kind in ("attn", "mlp"):
@@ -221,9 +225,18 @@ def test_coarse_only_keeps_the_units_whose_compensated_removal_costs_most():
             units = len(entry[kind]["scores"])
             size = x.shape[1] // units
             lam = damping * float((x.T @ x).diagonal().mean())
-            brute = torch.tensor([brute_force_error(weight.detach(), x, list(range(u * size, (u + 1) * size)), lam, False)
-                                  for u in range(units)])
-            expected = sorted(torch.argsort(brute, descending=True)[: len(entry[kind]["kept"])].tolist())
+            def cost(gone):
+                return brute_force_error(weight.detach(), x, [u * size + c for u in gone for c in range(size)], lam, False)
+
+            kept = len(entry[kind]["kept"])
+            if coarse == "compensated":
+                brute = torch.tensor([cost([u]) for u in range(units)])
+                expected = sorted(torch.argsort(brute, descending=True)[:kept].tolist())
+            else:
+                gone = []
+                while len(gone) < units - kept:
+                    gone.append(min((u for u in range(units) if u not in gone), key=lambda u: cost(gone + [u])))
+                expected = sorted(set(range(units)) - set(gone))
             assert entry[kind]["kept"] == expected, (entry["layer"], kind)
 
 

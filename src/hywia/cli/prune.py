@@ -12,8 +12,8 @@ from .common import (add_eval_args, add_model_args, add_remote_code_arg, check_s
 
 HYWIA_OPTION_HELP = {
     "fine": "fine-grained saliency: element1 (default), element2 or wanda-sp",
-    "coarse": "whole-group score: compensated (output error of removing the unit, the rest compensating), sequential "
-              "(the same error as units leave together, greedy) or taylor",
+    "coarse": "whole-group score: sequential (output error of removing the units, the rest compensating, as they "
+              "leave together, greedy), compensated (the same error for each unit alone) or taylor",
     "coarse_damping": "relative ridge of the compensated coarse score",
     "intercept": "compensated coarse score and reconstruction with a bias for the removed inputs' means (yes/no)",
     "normalisation": "per-layer normalisation: mean, rank or zscore",

@@ -81,8 +81,8 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         removed = weight_t[columns]  # W'_CB^T [|C_B|, d_out]
         factor = torch.linalg.cholesky(pivot)
         removed_error += float((removed * torch.cholesky_solve(removed, factor)).sum())
-        weight_t.sub_(across.T @ torch.cholesky_solve(removed, factor))
-        inverse.sub_(across.T @ torch.cholesky_solve(across, factor))
+        weight_t.addmm_(across.T, torch.cholesky_solve(removed, factor), alpha=-1)  # in place: no d_in^2 temporary
+        inverse.addmm_(across.T, torch.cholesky_solve(across, factor), alpha=-1)
         weight_t[columns] = 0.0
         inverse[columns] = 0.0
         inverse[:, columns] = 0.0

@@ -5,11 +5,11 @@ whose few parameters are learned end to end with the LLM frozen.
   weights (q/k/v/o rows and columns, gate/up/down), from one gradient pass: the loss view; or
   ``--hywia-fine wanda-sp``: ``sum |W_ij| ||X_j||`` over the unit's o_proj / down_proj input columns (each
   weight's magnitude times its input's norm, forward only): the activation view.
-* coarse (the whole group at once), ``--hywia-coarse``: ``compensated`` (default) = the output error of
-  removing the unit's columns of o_proj / down_proj jointly while the kept ones compensate
-  (``importance.compensated``; second order, from one layer-wise pass over the calibration inputs), or
-  ``sequential`` = the same error taken greedily as units leave together (``importance.sequential``: each
-  unit's score is the joint error at the step the greedy removal takes it), or
+* coarse (the whole group at once), ``--hywia-coarse``: ``sequential`` (default) = the output error of
+  removing the unit's columns of o_proj / down_proj while the kept ones compensate, taken greedily as units
+  leave together (``importance.sequential``: each unit's score is the joint error at the step the greedy
+  removal takes it; second order, from one layer-wise pass over the calibration inputs), ``compensated`` =
+  the same error for each unit alone (``importance.compensated``), or
   ``taylor`` = ``|sum w g|`` over the group (the first-order loss change of zeroing it).
 
 End to end: soft masks from the fused scores at the target widths gate head outputs and MLP channels
@@ -61,7 +61,8 @@ class HybridOptions:
     """Settings of HyWIA's fusion (``--hywia-*`` on the command line)."""
 
     fine: str = "element1"  # fine-grained saliency: element1 (w*g), element2 (w*g - 1/2 w*F*w) or wanda-sp
-    coarse: str = "compensated"  # whole-group score: compensated output error (one-shot or sequential), or taylor
+    # coarse / gates: chosen on validation data over 3 calibration seeds (BENCHMARKS.md, "Issue 10, round 5")
+    coarse: str = "sequential"  # whole-group score: compensated output error (sequential or one-shot), or taylor
     coarse_damping: float = 0.1  # relative ridge of the compensated error (as --reconstruct-damping)
     intercept: bool = False  # compensated: removed inputs' means go into a bias (FLAP's compensation)
     normalisation: str = "mean"  # within (layer, kind): mean, rank or zscore (uniform allocation)
@@ -77,7 +78,7 @@ class HybridOptions:
     key_dim: int = 8
     fixed_alpha: float | None = None  # fixed weight of the fine score (no learning): 0.5 = plain average
     realloc_every: int = 10  # global allocation: recompute per-layer widths every N steps
-    gates: str = "plain"  # plain (gated-off units output zero), compensated (their ridge stand-in), or auto
+    gates: str = "auto"  # plain (gated-off units output zero), compensated (their ridge stand-in), or auto
 
     @classmethod
     def from_dict(cls, options: dict) -> "HybridOptions":
