@@ -13,6 +13,8 @@
 #   ROUND5="name" LIMIT_S=250 bash bench/gpu_round.sh H  # one process per (model, ratio, seed, variant): SmolLM2
 #                               # 20% / 50% (validation columns only) on GPU0, Gemma-3-270M 10% / 20% (and 7-task,
 #                               # 200 docs) on GPU1; 2 CPU threads per process
+#   bash bench/gpu_round.sh I   # issue-10 reported rows of the round-5 default: one process per seed and ratio on GPU0
+#                               # (SmolLM2, full 7-task sets); GPU1: Gemma-3-270M baselines at round-to auto (200 docs)
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -105,5 +107,21 @@ case "$1" in
       done
     done
     wait ;;
+  I)
+    export OMP_NUM_THREADS=2
+    for seed in 0 1 2; do
+      for ratio in 0.2 0.5; do
+        part 0 "i_smol_${ratio}_${seed}" "${LIMIT_S:-560}" python bench/quality.py --variants-file bench/variants/issue10_round5.json \
+          --only "hywia compensated gates sequential" --ratios $ratio --seeds $seed --device cuda --mc val paper \
+          --skip-dense --out "$OUT/i_smol_${ratio}_${seed}.jsonl"
+      done
+    done
+    for variant in "flap + rec" "wanda-sp + rec" "element1 + rec"; do
+      part 1 "i_gemma_${variant// /_}" "${LIMIT_S:-560}" python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
+        --layers 0:18 --variants-file bench/variants/issue10_round2.json --only "$variant" --ratios 0.1 0.2 --seeds 0 1 2 \
+        --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/i_gemma_${variant// /_}.jsonl"
+    done
+    wait
+    cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" && rm -f "$OUT"/i_*.jsonl ;;
 esac
 tail -n 25 "$OUT"/*.log
