@@ -122,6 +122,7 @@ case "$1" in
         --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/i_gemma_${variant// /_}.jsonl"
     done
     wait
-    cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" && rm -f "$OUT"/i_*.jsonl ;;
+    cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" && rm -f "$OUT"/i_*.jsonl
+    grep -h "^[0-9]*% s\|^exit" "$OUT"/i_*.log; tar czf "$OUT/logs_i.tgz" -C "$OUT" $(cd "$OUT" && ls i_*.log) && rm -f "$OUT"/i_*.log ;;  # the device returns ~8 files
 esac
 tail -n 25 "$OUT"/*.log
