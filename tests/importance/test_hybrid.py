@@ -311,3 +311,13 @@ def test_gate_modes_follow_the_reconstruction(calib_ids):
         prune(build_tiny("llama-gqa"), None, PruneConfig(reconstruct=False, ratio=0.3, progress=False,
                                                          method_options={"steps": 2, "gates": "compensated"}),
               calibration_ids=calib_ids)
+
+
+def test_auto_gates_fall_back_when_the_gram_copies_do_not_fit(calib_ids, monkeypatch):
+    import hywia.importance.hywia.method as method
+
+    monkeypatch.setattr(method, "DENSE_CACHE_BYTES", 1024)
+    monkeypatch.setattr(method, "DENSE_CACHE_WEIGHT_SHARE", 0.0)
+    report = prune(build_tiny("llama-gqa"), None, PruneConfig(ratio=0.3, progress=False, method_options={"steps": 2}),
+                   calibration_ids=calib_ids).report
+    assert "exceed the cache budget" in report["method_details"]["gates"]
