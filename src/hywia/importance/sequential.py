@@ -69,10 +69,10 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
     weight_t = weight.detach().to(device=inverse.device, dtype=torch.float64).T.contiguous()
     present = torch.ones(num_units, dtype=torch.bool, device=inverse.device)
     scores = torch.empty(num_units, dtype=torch.float64, device=inverse.device)
-    removed_error = 0.0
-    while bool(present.any()):
+    removed_error, remaining = 0.0, num_units
+    while remaining:
         errors = unit_errors(weight_t, inverse, present, size)
-        take = min(block, int(present.sum()))
+        take = min(block, remaining)
         chosen = torch.topk(errors, take, largest=False).indices
         scores[chosen] = removed_error + errors[chosen]
         columns = (chosen[:, None] * size + torch.arange(size, device=chosen.device)).reshape(-1)
@@ -80,11 +80,13 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         across = inverse[columns]  # P_CB,: [|C_B|, d_in]
         removed = weight_t[columns]  # W'_CB^T [|C_B|, d_out]
         factor = torch.linalg.cholesky(pivot)
-        removed_error += float((removed * torch.cholesky_solve(removed, factor)).sum())
-        weight_t.addmm_(across.T, torch.cholesky_solve(removed, factor), alpha=-1)  # in place: no d_in^2 temporary
+        solved = torch.cholesky_solve(removed, factor)
+        removed_error += float((removed * solved).sum())
+        weight_t.addmm_(across.T, solved, alpha=-1)  # in place: no d_in^2 temporary
         inverse.addmm_(across.T, torch.cholesky_solve(across, factor), alpha=-1)
         weight_t[columns] = 0.0
         inverse[columns] = 0.0
         inverse[:, columns] = 0.0
         present[chosen] = False
+        remaining -= take
     return scores.float()
