@@ -1,11 +1,11 @@
 """Time of HyWIA's fusion arithmetic per optimisation step at a real model's unit count, without the LLM (issue 13).
 
 One fusion step = the attention blend over every unit (``AttentionFusion``), the fused scores and soft masks of
-every (layer, kind), their concatenation, and the backward pass into the fusion parameters: the part of a step
+every (layer, kind) in ``FlatScores``' batched layout, and the backward pass into the fusion parameters: the part of a step
 that does not shrink with a faster LLM forward. Scores are random (the cost depends on the counts only).
 
-    python bench/fusion_step.py --shape llama-7b --device cpu      # where the fusion runs today
-    python bench/fusion_step.py --shape llama-7b --device cuda     # on the model's GPU
+    python bench/fusion_step.py --shape llama-7b --device cpu      # a CPU model
+    python bench/fusion_step.py --shape llama-7b --device cuda     # a GPU model: the fusion runs on its device
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 import torch
 from scale import SHAPES, TINY
 
-from hywia.importance.hywia.fusion import AttentionFusion, blend_inputs, fuse, normalise, soft_mask
+from hywia.importance.hywia.flat import FlatScores
+from hywia.importance.hywia.fusion import AttentionFusion, blend_inputs, normalise
 
 
 def main(argv=None) -> int:
@@ -39,24 +40,22 @@ def main(argv=None) -> int:
     keep = {k: max(1, round((1 - args.ratio) * units[k[1]])) for k in keys}
     depth = max(1, shape["num_hidden_layers"] - 1)
     inputs = {k: blend_inputs(fine[k], coarse[k], depth=k[0] / depth, is_mlp=k[1] == "mlp", keep=keep[k]) for k in keys}
-    context = torch.cat([inputs[k][0] for k in keys]).to(device)
-    descriptors = torch.cat([inputs[k][1] for k in keys]).to(device)
-    sizes = [units[k[1]] for k in keys]
-    fine = {k: v.to(device) for k, v in fine.items()}
-    coarse = {k: v.to(device) for k, v in coarse.items()}
+    flat = FlatScores(keys, fine, coarse, device)  # the fusion's layout in ``score_hywia``
+    context = torch.cat([inputs[k][0] for k in flat.keys]).to(device)
+    descriptors = torch.cat([inputs[k][1] for k in flat.keys]).to(device)
     fusion = AttentionFusion().to(device)
     optimiser = torch.optim.Adam(fusion.parameters(), lr=0.05)
-    weights = torch.randn(sum(sizes), generator=generator).to(device)  # stands in for the LLM's mask gradients
+    weights = torch.randn(len(flat.fine), generator=generator).to(device)  # stands in for the LLM's mask gradients
 
     def step() -> None:
-        alphas = dict(zip(keys, fusion(context, descriptors).split(sizes)))
-        masks = torch.cat([soft_mask(fuse(fine[k], coarse[k], alphas[k]), keep[k], 0.1) for k in keys])
+        masks = flat.soft_masks(flat.fuse(fusion(context, descriptors)), keep, 0.1)
+        gate_views = flat.split(masks)  # what the gates receive
         loss = (masks * weights).sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        loss.item()  # the fusion loop reads the loss every step
+        del gate_views
 
     step()
     times = []
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    row = {"shape": args.shape, "device": str(device), "units": int(context.shape[0]), "group_sets": len(keys),
+    row = {"shape": args.shape, "device": str(device), "units": int(len(flat.fine)), "group_sets": len(keys),
            "step_ms": round(1000 * sorted(times)[len(times) // 2], 2), "threads": torch.get_num_threads()}
     print(json.dumps(row), flush=True)
     if args.json:

@@ -15,6 +15,11 @@
 #                               # 200 docs) on GPU1; 2 CPU threads per process
 #   bash bench/gpu_round.sh I   # issue-10 reported rows of the round-5 default: one process per seed and ratio on GPU0
 #                               # (SmolLM2, full 7-task sets); GPU1: Gemma-3-270M baselines at round-to auto (200 docs)
+#   bash bench/gpu_round.sh J   # GPU0: I's SmolLM2 rows | GPU1 alone: issue-13 7B / 8B stages with the fusion on the
+#                               # GPU (no other process on that GPU), then the fusion step's time there
+#   bash bench/gpu_round.sh K   # issue-12 table, calibration seeds 1 and 2 (7-task: first 1,000 docs, as seed 0):
+#                               # one process per (seed, method): GPU0 20%, GPU1 50%; micro-batch 8 (12 processes)
+#   bash bench/gpu_round.sh L   # I's Gemma-3-270M baselines only: GPU0 10%, GPU1 20%
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -107,22 +112,50 @@ case "$1" in
       done
     done
     wait ;;
-  I)
+  I|J|L)
     export OMP_NUM_THREADS=2
-    for seed in 0 1 2; do
-      for ratio in 0.2 0.5; do
-        part 0 "i_smol_${ratio}_${seed}" "${LIMIT_S:-560}" python bench/quality.py --variants-file bench/variants/issue10_round5.json \
-          --only "hywia compensated gates sequential" --ratios $ratio --seeds $seed --device cuda --mc val paper \
-          --skip-dense --out "$OUT/i_smol_${ratio}_${seed}.jsonl"
+    P=$1
+    if [ "$P" != L ]; then
+      for seed in 0 1 2; do
+        for ratio in 0.2 0.5; do
+          part 0 "i_smol_${ratio}_${seed}" "${LIMIT_S:-560}" python bench/quality.py --variants-file bench/variants/issue10_round5.json \
+            --only "hywia compensated gates sequential" --ratios $ratio --seeds $seed --device cuda --mc val paper \
+            --skip-dense --out "$OUT/i_smol_${ratio}_${seed}.jsonl"
+        done
+      done
+    fi
+    if [ "$P" = J ]; then
+      part 1 j_scale13 560 bash -c "python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10 &&
+        python bench/scale.py --shapes llama-3-8b --methods hywia --ratios 0.2 --samples 10 &&
+        python bench/fusion_step.py --shape llama-7b --device cuda --steps 20 && python bench/fusion_step.py --shape llama-7b --device cpu"
+    else
+      for variant in "flap + rec" "wanda-sp + rec" "element1 + rec"; do
+        for gpu_ratio in "0 0.1" "1 0.2"; do
+          set -- $gpu_ratio
+          gpu=$1; [ "$P" = I ] && gpu=1
+          part $gpu "i_gemma_$2_${variant// /_}" "${LIMIT_S:-560}" python bench/quality.py --model /tmp/gemma3-270m.gguf \
+            --label gemma3-270m --layers 0:18 --variants-file bench/variants/issue10_round2.json --only "$variant" --ratios $2 \
+            --seeds 0 1 2 --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/i_gemma_$2_${variant// /_}.jsonl"
+        done
+      done
+    fi
+    wait
+    cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" 2>/dev/null && rm -f "$OUT"/i_*.jsonl
+    grep -h "^[0-9]*% s\|^exit" "$OUT"/[ij]_*.log; grep -h "^|\|^{\|Error" "$OUT"/j_*.log 2>/dev/null; tar czf "$OUT/logs_$P.tgz" -C "$OUT" $(cd "$OUT" && ls [ij]_*.log) && rm -f "$OUT"/[ij]_*.log ;;  # the device returns ~8 files
+  K)
+    export OMP_NUM_THREADS=2
+    for seed in 1 2; do
+      for method in hywia element1 flap; do
+        for gpu_ratio in "0 0.2" "1 0.5"; do
+          set -- $gpu_ratio
+          part "$1" "k_$2_${method}_$seed" 560 python bench/recovery.py --device cuda --ratios "$2" --methods $method \
+            --objectives distill,lm --mc val paper --limit 1000 --recipe-from "$SWEEP" --recipe micro_batch_size=8 --skip-dense \
+            --seed $seed --out-jsonl "$OUT/k_$2_${method}_$seed.jsonl"
+        done
       done
     done
-    for variant in "flap + rec" "wanda-sp + rec" "element1 + rec"; do
-      part 1 "i_gemma_${variant// /_}" "${LIMIT_S:-560}" python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
-        --layers 0:18 --variants-file bench/variants/issue10_round2.json --only "$variant" --ratios 0.1 0.2 --seeds 0 1 2 \
-        --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/i_gemma_${variant// /_}.jsonl"
-    done
     wait
-    cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" && rm -f "$OUT"/i_*.jsonl
-    grep -h "^[0-9]*% s\|^exit" "$OUT"/i_*.log; tar czf "$OUT/logs_i.tgz" -C "$OUT" $(cd "$OUT" && ls i_*.log) && rm -f "$OUT"/i_*.log ;;  # the device returns ~8 files
+    cat "$OUT"/k_*.jsonl > "$OUT/table12_seeds12.jsonl" 2>/dev/null && rm -f "$OUT"/k_*.jsonl
+    grep -h "^exit" "$OUT"/k_*.log; tar czf "$OUT/logs_k.tgz" -C "$OUT" $(cd "$OUT" && ls k_*.log) && rm -f "$OUT"/k_*.log ;;
 esac
 tail -n 25 "$OUT"/*.log

@@ -51,3 +51,12 @@ def test_recovery_step_bench_times_steps_of_both_objectives(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["objective"] for r in rows] == ["distill", "lm"]
     assert all(r["step_s"] > 0 and r["examples_per_step"] == 4 and r["micro_batch"] >= 1 for r in rows)
+
+
+def test_skip_dense_leaves_out_the_dense_row_and_the_gap(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert load_script().main(["--tiny", "--ratios", "0.2", "--methods", "flap", "--objectives", "lm",
+                               "--skip-dense", "--out-jsonl", str(out)]) == 0
+    assert [json.loads(line)["stage"] for line in out.read_text().splitlines()] == ["pruned", "lm"]
+    lm_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20% | flap | lm"))
+    assert lm_line.split("|")[9].strip() == ""  # no dense row: no gap closed

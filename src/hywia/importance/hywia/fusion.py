@@ -163,3 +163,17 @@ def soft_mask(scores: torch.Tensor, keep: int, temperature: float) -> torch.Tens
     """m_g = sigmoid((I_g - t) / (T * sigma_I)): about ``keep`` units near 1, the rest near 0."""
     spread = scores.std().clamp_min(1e-6) if len(scores) > 1 else scores.new_tensor(1.0)
     return torch.sigmoid((scores - keep_threshold(scores, keep)) / (temperature * spread))
+
+
+def soft_masks(scores: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``soft_mask`` of every row of ``scores`` [G, n] at its own width ``keep`` [G] in one batched call:
+    m_g = sigmoid((I_g - t_row) / (T * sigma_row)), t_row halfway between the row's keep-th and (keep+1)-th
+    largest score (below the smallest when the row keeps all, above the largest when it keeps none)."""
+    rows, n = scores.shape
+    keep = keep.to(device=scores.device, dtype=torch.long)
+    ordered = torch.sort(scores, dim=1, descending=True).values
+    above = ordered.gather(1, (keep - 1).clamp(0, n - 1)[:, None]).squeeze(1)
+    below = ordered.gather(1, keep.clamp(0, n - 1)[:, None]).squeeze(1)
+    threshold = torch.where(keep >= n, ordered[:, -1] - 1.0, torch.where(keep <= 0, ordered[:, 0] + 1.0, 0.5 * (above + below)))
+    spread = scores.std(dim=1).clamp_min(1e-6) if n > 1 else scores.new_ones(rows)
+    return torch.sigmoid((scores - threshold[:, None]) / (temperature * spread[:, None]))

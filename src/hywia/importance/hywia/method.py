@@ -40,7 +40,8 @@ from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register
 from ..weight_methods import gradient_stats, taylor_importance
 from .gates import gated
 from .substitution import substitution_matrix
-from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, fuse, normalise, soft_mask
+from .flat import FlatScores
+from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, normalise
 
 LOSSES = ("lm", "kl")
 FINE_SCORES = ("element1", "element2", "wanda-sp")
@@ -197,39 +198,39 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
         k: blend_inputs(fine[k], coarse[k], depth=k[0] / max(1, num_layers - 1), is_mlp=k[1] == MLP, keep=keep[k])
         for k in keys
     }
-    fusion = AttentionFusion(key_dim=opts.key_dim, seed=context.seed)
-
-    # one fusion call for every group set per step (the fusion is row-wise): the step's cost is the LLM's
+    device = input_device(context.model)
+    flat = FlatScores(keys, fine, coarse, device)
+    fusion = AttentionFusion(key_dim=opts.key_dim, seed=context.seed).to(device)
+    # one fusion call for every group set per step (the fusion is row-wise), on the model's device
     if opts.blend == "layer":
-        all_context = torch.stack([inputs[k][0].mean(dim=0) for k in keys])
-        all_keys = torch.stack([inputs[k][1].mean(dim=0) for k in keys])
-        sizes = [1] * len(keys)
+        all_context = torch.stack([inputs[k][0].mean(dim=0) for k in flat.keys]).to(device)
+        all_keys = torch.stack([inputs[k][1].mean(dim=0) for k in flat.keys]).to(device)
     else:
-        all_context, all_keys = torch.cat([inputs[k][0] for k in keys]), torch.cat([inputs[k][1] for k in keys])
-        sizes = [len(inputs[k][0]) for k in keys]
+        all_context = torch.cat([inputs[k][0] for k in flat.keys]).to(device)
+        all_keys = torch.cat([inputs[k][1] for k in flat.keys]).to(device)
 
-    def blend_weights() -> dict:
+    def blend_weights() -> torch.Tensor:
+        """alpha per unit [units, 2] (or one [2] for a fixed blend), in ``flat``'s order."""
         if opts.fixed_alpha is not None:
-            fixed = torch.tensor([opts.fixed_alpha, 1 - opts.fixed_alpha])
-            return {k: fixed for k in keys}
-        alphas = fusion(all_context, all_keys).split(sizes)
-        if opts.blend == "layer":
-            return {k: alpha[0] for k, alpha in zip(keys, alphas)}
-        return dict(zip(keys, alphas))
+            return torch.tensor([opts.fixed_alpha, 1 - opts.fixed_alpha], device=device)
+        alpha = fusion(all_context, all_keys)
+        return flat.expand(alpha) if opts.blend == "layer" else alpha
 
     losses: list[float] = []
     if opts.fixed_alpha is None and opts.steps > 0:
-        keep, losses = _learn(context, opts, fusion, blend_weights, fine, coarse, keep, grams)
+        keep, losses = _learn(context, opts, fusion, flat, blend_weights, keep, grams)
     del grams
     learned = time.perf_counter()
     with torch.no_grad():
-        alphas = blend_weights()
-        fused = {k: fuse(fine[k], coarse[k], alphas[k]).detach() for k in keys}
+        alpha = blend_weights()
+        fused = {k: v.clone() for k, v in flat.split(flat.fuse(alpha).cpu()).items()}
+        alpha = alpha.cpu()
+    alpha_fine = {k: alpha[FINE] for k in keys} if alpha.dim() == 1 else {k: a[:, FINE] for k, a in flat.split(alpha).items()}
     details = {
         "options": asdict(opts),
         "normalisation_scope": scope,
         "gates": gates_note,
-        "alpha_fine": {f"{k[0]}.{k[1]}": float(alphas[k][..., FINE].mean()) for k in keys},
+        "alpha_fine": {f"{k[0]}.{k[1]}": float(alpha_fine[k].float().mean()) for k in keys},
         "loss_curve": [round(x, 5) for x in losses],
         "kept_per_layer": {
             name: {f"{k[0]}.{k[1]}": int(c) for k, c in context.allocate(scores).items()}
@@ -260,7 +261,7 @@ def _shared_selection(single: Scores, fused: Scores, allocate) -> dict[str, floa
     return shares
 
 
-def _learn(context, opts, fusion, blend_weights, fine, coarse, keep, grams):
+def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
     """Fit the fusion parameters with the LLM frozen; return the final keep counts and the loss curve.
     With ``grams`` (compensated gates) the substitutions follow the current selection (``SUBSTITUTION_REFRESH``)."""
     model, samples = context.model, context.samples
@@ -279,19 +280,18 @@ def _learn(context, opts, fusion, blend_weights, fine, coarse, keep, grams):
     try:
         with gated(model, context.adapter, context.group_sets) as gates:
             for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
-                alphas = blend_weights()
-                fused = {k: fuse(fine[k], coarse[k], alphas[k]) for k in fine}
+                fused = flat.fuse(blend_weights())
                 if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
-                    keep = context.allocate({k: v.detach() for k, v in fused.items()})
+                    keep = context.allocate(flat.split(fused.detach().cpu()))
                 if grams and step % SUBSTITUTION_REFRESH == 0:
-                    gates.substitutions.update(_substitutions(context, grams, fused, keep))
+                    gates.substitutions.update(_substitutions(context, grams, flat.split(fused.detach()), keep))
                 rows = torch.randperm(len(samples), generator=generator)[: opts.batch_size]
                 batch = samples[rows].to(device)
                 dense_logits = None
                 if opts.loss == "kl":
                     gates.masks.clear()
                     dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
-                gates.masks.update(_on_device({k: soft_mask(fused[k], keep[k], opts.temperature) for k in fused}, device))
+                gates.masks.update(flat.split(flat.soft_masks(fused, keep, opts.temperature)))
                 loss = _objective(model, batch, dense_logits)
                 if not torch.isfinite(loss):
                     raise HywiaError(f"HyWIA fusion loss became {loss.item()} at step {step}; try --dtype float32")
@@ -314,14 +314,6 @@ def _substitutions(context, grams: dict, fused: Scores, keep: dict) -> dict:
                                  context.reconstruct_damping)
         for key, gram in grams.items()
     }
-
-
-def _on_device(masks: dict, device: torch.device) -> dict:
-    """The masks moved to ``device`` in one copy (not one per gated projection and step)."""
-    if device.type == "cpu" or not masks:
-        return masks
-    flat = torch.cat(list(masks.values())).to(device)
-    return dict(zip(masks, flat.split([len(m) for m in masks.values()])))
 
 
 def _cache_budget(model, device: torch.device) -> int:
