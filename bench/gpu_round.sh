@@ -142,6 +142,19 @@ case "$1" in
     wait
     cat "$OUT"/i_*.jsonl > "$OUT/round5_reported.jsonl" 2>/dev/null && rm -f "$OUT"/i_*.jsonl
     grep -h "^[0-9]*% s\|^exit" "$OUT"/[ij]_*.log; grep -h "^|\|^{\|Error" "$OUT"/j_*.log 2>/dev/null; tar czf "$OUT/logs_$P.tgz" -C "$OUT" $(cd "$OUT" && ls [ij]_*.log) && rm -f "$OUT"/[ij]_*.log ;;  # the device returns ~8 files
+  M)
+    export OMP_NUM_THREADS=2
+    for seed in 0 1 2; do
+      for gpu_ratio in "0 0.1" "1 0.2"; do
+        set -- $gpu_ratio
+        part "$1" "m_gemma_$2_$seed" "${LIMIT_S:-450}" python bench/quality.py --model /tmp/gemma3-270m.gguf --label gemma3-270m \
+          --layers 0:18 --variants-file bench/variants/issue10_round5.json --only "hywia compensated gates sequential" \
+          --ratios $2 --seeds $seed --device cuda --mc val paper --mc-limit 200 --skip-dense --out "$OUT/m_gemma_$2_$seed.jsonl"
+      done
+    done
+    wait
+    cat "$OUT"/m_*.jsonl > "$OUT/gemma_default.jsonl" 2>/dev/null && rm -f "$OUT"/m_*.jsonl
+    grep -h "^[0-9]*% s\|^exit" "$OUT"/m_*.log; tar czf "$OUT/logs_m.tgz" -C "$OUT" $(cd "$OUT" && ls m_*.log) && rm -f "$OUT"/m_*.log ;;
   K)
     export OMP_NUM_THREADS=2
     for seed in 1 2; do

@@ -9,6 +9,7 @@ distillation from the dense model), on BoolQ-passages perplexity and the paper's
     python bench/recovery.py --tiny                    # tiny random Llama on the CPU: checks this script (~1 min)
     python bench/recovery.py --ratios 0.2 --methods flap --objectives distill --max-steps 2 --limit 5 \
         --recipe batch_size=8 --out-jsonl /tmp/check.jsonl          # SmolLM2 on the CPU: stage timings
+    python bench/recovery.py --seeds-table a.jsonl b.jsonl          # mean +- spread over calibration seeds
 
 One process: the dense model is loaded and evaluated once; for each ratio and method a copy is pruned
 with the CLI's defaults (``PruneConfig``: mixed calibration text, 128 x 128 tokens, reconstruction on),
@@ -30,9 +31,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -74,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64, help="zero-shot batch size")
     parser.add_argument("--out-jsonl", default=None,
                         help="default bench/results/issue12_recovery.jsonl (--tiny: a temporary file)")
+    parser.add_argument("--seeds-table", nargs="+", default=None, metavar="JSONL",
+                        help="only print the mean +- spread over calibration seeds of these rows, then exit")
     parser.add_argument("--skip-dense", action="store_true",
                         help="do not evaluate the dense model (its row exists from an earlier run; no gap column)")
     parser.add_argument("--tiny", action="store_true", help="tiny random Llama on the CPU, 2 steps, --limit 4")
@@ -105,15 +110,15 @@ def chosen_recipe(path: Path, model: str) -> str:
 
 
 def recipe(args, objective: str, extra: str = "") -> RecoverConfig:
-    fields = RecoverConfig.__dataclass_fields__
+    hints = typing.get_type_hints(RecoverConfig)
     overrides = {**(TINY_RECIPE if args.tiny else {}), "max_steps": args.max_steps, "progress": False}
     for item in list(args.recipe) + extra.split():
         key, _, text = item.partition("=")
-        if key not in fields:
+        if key not in hints:
             raise SystemExit(f"--recipe: RecoverConfig has no field {key!r}")
-        kind = type(fields[key].default) if fields[key].default is not None else str
-        overrides[key] = int(text) if key in ("max_examples", "max_steps", "save_every") or kind is int else \
-            float(text) if kind is float else text.lower() in ("1", "true", "yes") if kind is bool else text
+        kinds = typing.get_args(hints[key]) or (hints[key],)  # int | None -> (int, NoneType)
+        overrides[key] = int(text) if int in kinds else float(text) if float in kinds else \
+            text.lower() in ("1", "true", "yes") if bool in kinds else text
     return RecoverConfig(objective=objective, **overrides)
 
 
@@ -149,6 +154,10 @@ class Peak:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.seeds_table:
+        rows = [json.loads(line) for path in args.seeds_table for line in Path(path).read_text().splitlines() if line.strip()]
+        print(seeds_table(rows))
+        return 0
     ratios = [float(r) for r in args.ratios.split(",")]
     methods, objectives = args.methods.split(","), args.objectives.split(",")
     started = time.perf_counter()
@@ -219,6 +228,34 @@ def main(argv=None) -> int:
     print(f"\nrows appended to {out}; total {time.perf_counter() - started:.0f} s\n")
     print(table(rows, args.limit))
     return 0
+
+
+SEED_COLUMNS = (("boolq_ppl", "BoolQ PPL"), ("val_ppl", "held-out LAMBADA PPL"), ("val_mc_avg", "val MC avg"),
+                ("mc_avg", "7-task avg"))
+
+
+def seeds_table(rows: list[dict]) -> str:
+    """Markdown: mean +- sample std over calibration seeds per (ratio, method, stage), with the seeds counted
+    per column (a stage that timed out for one seed averages the others, and says so)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["stage"] != "dense":
+            groups.setdefault((r["ratio"], r["method"], r["stage"]), []).append(r)
+    lines = ["| ratio | method | stage | " + " | ".join(name for _, name in SEED_COLUMNS) + " |",
+             "|---|---|---|" + "---:|" * len(SEED_COLUMNS)]
+    order = {"pruned": 0, "distill": 1, "lm": 2}
+    for (ratio, method, stage), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], order.get(g[0][2], 9))):
+        cells = []
+        for key, _ in SEED_COLUMNS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            if not values:
+                cells.append("")
+                continue
+            mean = statistics.fmean(values)
+            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            cells.append(f"{mean:.2f}{spread} (n={len(values)})")
+        lines.append(f"| {ratio:.0%} | {method} | {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], limit: int | None) -> str:

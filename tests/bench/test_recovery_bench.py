@@ -60,3 +60,27 @@ def test_skip_dense_leaves_out_the_dense_row_and_the_gap(tmp_path, capsys):
     assert [json.loads(line)["stage"] for line in out.read_text().splitlines()] == ["pruned", "lm"]
     lm_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20% | flap | lm"))
     assert lm_line.split("|")[9].strip() == ""  # no dense row: no gap closed
+
+
+def test_recipe_values_take_the_config_fields_types():
+    class Args:
+        tiny, max_steps, recipe = False, None, ["micro_batch_size=8", "lr=1e-3", "data=reading-passages"]
+
+    config = load_script().recipe(Args, "lm", "rank=32")
+    assert (config.micro_batch_size, config.lr, config.rank, config.data) == (8, 1e-3, 32, "reading-passages")
+    assert isinstance(config.micro_batch_size, int) and isinstance(config.rank, int)
+
+
+def test_seeds_table_averages_each_stage_over_the_seeds_it_has(tmp_path, capsys):
+    rows = [
+        {"stage": "dense", "ratio": None, "method": None, "boolq_ppl": 25.0},
+        {"stage": "pruned", "ratio": 0.2, "method": "flap", "seed": 0, "boolq_ppl": 50.0, "val_ppl": 70.0, "mc_avg": 40.0},
+        {"stage": "pruned", "ratio": 0.2, "method": "flap", "seed": 1, "boolq_ppl": 54.0, "val_ppl": 72.0, "mc_avg": 42.0},
+        {"stage": "distill", "ratio": 0.2, "method": "flap", "seed": 0, "boolq_ppl": 38.0, "val_ppl": 61.0},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_script().main(["--seeds-table", str(path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20%")]
+    assert lines[0] == "| 20% | flap | pruned | 52.00 ± 2.83 (n=2) | 71.00 ± 1.41 (n=2) |  | 41.00 ± 1.41 (n=2) |"
+    assert lines[1] == "| 20% | flap | distill | 38.00 (n=1) | 61.00 (n=1) |  |  |"
