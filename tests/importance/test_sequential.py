@@ -85,3 +85,15 @@ def test_redundant_pair_is_not_removed_together():
 
 def test_default_block():
     assert default_block(1536) == 6 and default_block(3) == 1 and default_block(11008) == 43
+
+
+@pytest.mark.parametrize("unit_size", [1, 3])
+def test_compacting_the_work_space_changes_no_score(monkeypatch, unit_size):
+    import hywia.importance.sequential as sequential
+
+    x, weight = _problem(8, unit_size, seed=3)
+    gram = x.T @ x
+    compacted = sequential_scores(weight, gram.clone(), 8, 0.1, block=1)
+    monkeypatch.setattr(sequential, "COMPACT_AT", 0.0)  # never compact
+    torch.testing.assert_close(compacted, sequential_scores(weight, gram.clone(), 8, 0.1, block=1))
+

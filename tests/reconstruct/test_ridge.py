@@ -150,3 +150,28 @@ def test_bad_input_gives_a_clear_error():
     g[kept[0], kept[0]] = float("nan")
     with pytest.raises(HywiaError, match="NaN"):
         solve_compensation(w, g, kept, removed, 0.1)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [None, 1, 2])
+@pytest.mark.parametrize("damping", [0.01, 0.3])
+def test_consumed_solve_matches_brute_force_and_direct_errors(damping, rows_per_chunk, monkeypatch):
+    if rows_per_chunk:  # output rows solved a few at a time
+        monkeypatch.setattr(ridge, "ROW_CHUNK_BYTES", 8 * 8 * rows_per_chunk)
+    w, x, kept, removed = problem(seed=4)
+    gram = (x @ x.T).contiguous()
+    fit = ridge.consume_and_solve(w, gram, kept, removed, damping)
+    expected, _ = brute_force(w, x, kept, damping)
+    torch.testing.assert_close(w[:, kept] + fit.solution.delta, expected, rtol=1e-9, atol=1e-9)
+    assert fit.solution.lam == pytest.approx(float(lam_of(x, kept, damping)))
+    reference = (w @ x).norm()
+    assert fit.error_before == pytest.approx(float((w[:, kept] @ x[kept] - w @ x).norm() / reference), rel=1e-9)
+    assert fit.error_after == pytest.approx(float((expected @ x[kept] - w @ x).norm() / reference), rel=1e-7)
+
+
+def test_consumed_solve_leaves_the_gram_alone_when_it_cannot_run():
+    w, x, kept, removed = problem(seed=5)
+    gram = (x @ x.T).contiguous()
+    before = gram.clone()
+    assert ridge.consume_and_solve(w, gram, kept, removed, math.inf) is None  # no update wanted
+    assert ridge.consume_and_solve(w, gram, kept, removed[:0], 0.1) is None  # nothing removed
+    torch.testing.assert_close(gram, before, rtol=0, atol=0)

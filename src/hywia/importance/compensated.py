@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import HywiaError
+from ..calibration.gram_space import all_finite
 
 
 CHUNK_BYTES = 2**27  # float64 work space per chunk (128 MiB): d_in^2 copies of a 7B MLP Gram are ~1 GiB each
@@ -38,7 +39,7 @@ def damped_factor(gram: torch.Tensor, damping: float, *, input_sum: torch.Tensor
     if input_sum is not None:
         mu = input_sum.to(device=h.device, dtype=torch.float64) / max(1, count or 0)
         h.addr_(mu, mu, alpha=-(count or 0))  # centring, no n x n temporary
-    if not torch.isfinite(h).all():
+    if not all_finite(h):
         raise HywiaError("the calibration activations contain inf or NaN (run in float32 or bfloat16)")
     h.diagonal().add_(damping * float(h.diagonal().mean().clamp_min(1e-30)))
     info = torch.empty((), dtype=torch.int32, device=h.device)

@@ -27,9 +27,14 @@ import math
 import torch
 
 from ..errors import HywiaError
+from ..calibration.gram_space import compact_rows, compact_square
 from .compensated import damped_factor
 
 STEPS = 256  # default: about this many greedy steps per layer (block = ceil(units / STEPS))
+# Once at most this share of the units held is still present, the removed rows and columns are dropped from
+# the work space (in place): every later rank-|C_B| update touches only what is left. Removed entries are
+# zero, so this changes no value; it halves the bytes each update moves, which bounds these steps on a GPU.
+COMPACT_AT = 0.5
 
 
 def default_block(num_units: int, steps: int = STEPS) -> int:
@@ -66,22 +71,32 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
     factor = damped_factor(gram, damping, input_sum=input_sum, count=count, overwrite=overwrite)
     inverse = torch.cholesky_inverse(factor)
     del factor
+    if not inverse.is_contiguous():  # LAPACK's column-major result; symmetric, so its transpose is the same matrix
+        inverse = inverse.mT if inverse.mT.is_contiguous() else inverse.contiguous()
     weight_t = weight.detach().to(device=inverse.device, dtype=torch.float64).T.contiguous()
+    alive = torch.arange(num_units, device=inverse.device)  # the original unit of each row block still held
     present = torch.ones(num_units, dtype=torch.bool, device=inverse.device)
     scores = torch.empty(num_units, dtype=torch.float64, device=inverse.device)
-    removed_error, remaining = 0.0, num_units
+    removed_error = torch.zeros((), dtype=torch.float64, device=inverse.device)  # on the device: no sync per step
+    remaining = num_units
+    offsets = torch.arange(size, device=inverse.device)
     while remaining:
+        if remaining <= COMPACT_AT * len(alive):
+            keep = present.nonzero().squeeze(1)
+            columns = (keep[:, None] * size + offsets).reshape(-1)
+            inverse, weight_t = compact_square(inverse, columns), compact_rows(weight_t, columns)
+            alive, present = alive[keep], present[keep]
         errors = unit_errors(weight_t, inverse, present, size)
         take = min(block, remaining)
         chosen = torch.topk(errors, take, largest=False).indices
-        scores[chosen] = removed_error + errors[chosen]
-        columns = (chosen[:, None] * size + torch.arange(size, device=chosen.device)).reshape(-1)
+        scores[alive[chosen]] = removed_error + errors[chosen]
+        columns = (chosen[:, None] * size + offsets).reshape(-1)
         pivot = inverse[columns][:, columns]  # [P]_CBCB
         across = inverse[columns]  # P_CB,: [|C_B|, d_in]
         removed = weight_t[columns]  # W'_CB^T [|C_B|, d_out]
         factor = torch.linalg.cholesky(pivot)
         solved = torch.cholesky_solve(removed, factor)
-        removed_error += float((removed * solved).sum())
+        removed_error += (removed * solved).sum()
         weight_t.addmm_(across.T, solved, alpha=-1)  # in place: no d_in^2 temporary
         inverse.addmm_(across.T, torch.cholesky_solve(across, factor), alpha=-1)
         weight_t[columns] = 0.0

@@ -16,7 +16,7 @@ in order:
 Passes 1 and 2 stop the layer right after the hooked projection's input is seen. Intercepts (where a
 projection already has a bias, or where asked for) are added to the projection's output by a forward
 hook while its layer runs, and returned so the caller adds them as biases once the units are gone.
-Only one Gram matrix exists at a time.
+Only one Gram matrix exists at a time; without an intercept the solve works inside it (``consume_and_solve``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ..errors import HywiaError
 from ..models.adapters import ModelAdapter
 from ..models.groups import KINDS, unit_columns
 from ..models.placement import input_device
-from .ridge import check_damping, relative_errors, solve_compensation
+from .ridge import check_damping, consume_and_solve, relative_errors, solve_compensation
 
 Key = tuple[int, str]
 
@@ -184,11 +184,17 @@ def reconstruct(
                     handle.remove()
                 if stats.count == 0:
                     raise HywiaError(f"{path} was not called while its layer ran; cannot reconstruct it")
-                extra = dict(input_sum=stats.sum, count=stats.count) if intercept else {}
-                solution = solve_compensation(module.weight, stats.gram, kept, removed, damping, **extra)
-                facts.error_before, facts.error_after = relative_errors(module.weight, stats.gram, kept, removed,
-                                                                        solution, **extra)
-                facts.tokens, facts.lam, facts.solver = stats.count, solution.lam, solution.solver
+                facts.tokens = stats.count
+                fit = None if intercept else consume_and_solve(module.weight, stats.gram, kept, removed, damping)
+                if fit is not None:  # the Gram became the factor: no second d_in^2 float64 matrix
+                    solution, facts.error_before, facts.error_after = fit.solution, fit.error_before, fit.error_after
+                else:
+                    extra = dict(input_sum=stats.sum, count=stats.count) if intercept else {}
+                    solution = solve_compensation(module.weight, stats.gram, kept, removed, damping, **extra)
+                    facts.error_before, facts.error_after = relative_errors(module.weight, stats.gram, kept, removed,
+                                                                            solution, **extra)
+                del stats
+                facts.lam, facts.solver = solution.lam, solution.solver
                 weight = module.weight
                 kept_d, removed_d = kept.to(weight.device), removed.to(weight.device)
                 updated = weight.index_select(1, kept_d).double().add_(solution.delta.to(weight.device))
@@ -198,7 +204,6 @@ def reconstruct(
                     term = solution.bias.to(device=weight.device, dtype=torch.float32)
                     result.bias_terms[(index, kind)] = term
                     term_hooks.append(module.register_forward_hook(_add_term(term)))
-                del stats
             outputs = [_layer_output(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]
         finally:
             for handle in term_hooks:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import HywiaError
+from ..calibration.gram_space import all_finite, compact_square
 
 CHOLESKY = "cholesky"
 PSEUDO_INVERSE = "eigh pseudo-inverse"
@@ -73,7 +74,7 @@ def solve_symmetric(build: Callable[[], torch.Tensor], rhs: torch.Tensor) -> tup
     tensor: Cholesky in place of A (no second d x d copy) when A is positive definite; otherwise the
     factorisation has overwritten A, so it is built again for :func:`pseudo_inverse_solve`."""
     matrix = build()
-    if not (torch.isfinite(matrix).all() and torch.isfinite(rhs).all()):
+    if not (all_finite(matrix) and all_finite(rhs)):
         raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
                          "system cannot be solved (run in float32 or bfloat16 rather than float16)")
     info = torch.empty((), dtype=torch.int32, device=matrix.device)
@@ -147,6 +148,62 @@ def solve_compensation(
     if intercept:
         bias = w_r @ mu_r - delta @ mu_s
     return Compensation(delta, bias, lam, solver)
+
+
+@dataclass
+class ConsumedFit:
+    """``consume_and_solve``'s result: the solution and the relative output errors before / after it."""
+
+    solution: Compensation
+    error_before: float
+    error_after: float
+
+
+def consume_and_solve(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
+                      damping: float) -> ConsumedFit | None:
+    """``solve_compensation`` without intercept, plus ``relative_errors``, in the Gram's own storage: the
+    float64 ``gram`` is consumed (it becomes the factor of G_SS + lambda I in place), so the work space beyond
+    it is G_RS, G_RR and the d_out x |S| solution, solved for chunks of output rows.
+
+    The errors need no Gram once its blocks are taken: with B = W_R G_RS and D A = B (A = G_SS + lambda I),
+    ``||D X_S - W_R X_R||^2 = tr(W_R G_RR W_R^T) - sum(B o D) - lambda ||D||^2`` (expand the square and use
+    tr(D G_SS D^T) = tr(B D^T) - lambda ||D||^2). Needs a finite positive lambda (no pseudo-inverse fallback:
+    the system is gone once factorised): returns None, the Gram untouched, when lambda is not (or nothing is
+    removed or kept); the caller then uses ``solve_compensation``."""
+    damping = check_damping(damping)
+    if gram.dtype != torch.float64 or not gram.is_contiguous():
+        raise HywiaError("consume_and_solve needs a contiguous float64 Gram (it is overwritten)")
+    device = gram.device
+    kept = kept.to(device=device, dtype=torch.long)
+    removed = removed.to(device=device, dtype=torch.long)
+    lam = float(damping * gram.diagonal().index_select(0, kept).mean()) if len(kept) else 0.0
+    if not (0 < lam < math.inf) or len(removed) == 0:
+        return None
+    if not all_finite(gram):
+        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
+                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
+    reference = output_error(weight, gram)
+    g_rs = gram.index_select(0, removed).index_select(1, kept)
+    g_rr = gram.index_select(0, removed).index_select(1, removed)
+    system = compact_square(gram, kept)  # G_SS over the start of the Gram's storage
+    system.diagonal().add_(lam)
+    info = torch.empty((), dtype=torch.int32, device=device)
+    factor, info = torch.linalg.cholesky_ex(system, out=(system, info))
+    if int(info):
+        raise HywiaError("reconstruction: the damped Gram matrix is not positive definite; raise --reconstruct-damping")
+    delta = torch.empty(weight.shape[0], len(kept), dtype=torch.float64, device=device)
+    before = cross = ridge_norm = 0.0
+    for rows in _row_slices(weight.shape[0], len(kept)):
+        w_r = weight.detach()[rows].index_select(1, removed.to(weight.device)).to(device=device, dtype=torch.float64)
+        before += float(((w_r @ g_rr) * w_r).sum())
+        b = w_r @ g_rs
+        d = factor_solve(factor, b.T).T
+        delta[rows] = d
+        cross += float((b * d).sum())
+        ridge_norm += float(d.pow(2).sum())
+    after = max(before - cross - lam * ridge_norm, 0.0)
+    relative = (lambda value: math.sqrt(value / reference)) if reference > 0 else (lambda value: 0.0)
+    return ConsumedFit(Compensation(delta, None, lam, CHOLESKY), relative(before), relative(after))
 
 
 ROW_CHUNK_BYTES = 2**26  # float64 rows of E (and of E G) held at a time by output_error / relative_errors

@@ -1,0 +1,31 @@
+"""The bounded-space helpers: in-place compaction against plain indexing, the chunked finiteness check
+against torch.isfinite."""
+
+import math
+
+import pytest
+import torch
+
+import hywia.calibration.gram_space as gram_space
+
+
+@pytest.mark.parametrize("chunk_bytes", [8, 8 * 7, 2**27])  # one row per chunk, a few rows, everything at once
+def test_in_place_compaction_equals_plain_indexing(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(gram_space, "CHUNK_BYTES", chunk_bytes)
+    square = torch.randn(9, 9, dtype=torch.float64)
+    rows = torch.randn(9, 4, dtype=torch.float64)
+    keep = torch.tensor([0, 2, 3, 7, 8])
+    expected_square, expected_rows = square[keep][:, keep].clone(), rows[keep].clone()
+    torch.testing.assert_close(gram_space.compact_square(square, keep), expected_square, rtol=0, atol=0)
+    torch.testing.assert_close(gram_space.compact_rows(rows, keep), expected_rows, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk_bytes", [8, 40, 2**27])
+def test_chunked_finiteness_check_agrees_with_isfinite(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(gram_space, "CHUNK_BYTES", chunk_bytes)
+    clean = torch.randn(7, 5, dtype=torch.float64)
+    assert gram_space.all_finite(clean)
+    for bad in (math.inf, -math.inf, math.nan):
+        broken = clean.clone()
+        broken[6, 4] = bad  # the very last element: every chunk must be looked at
+        assert not gram_space.all_finite(broken)
