@@ -1,5 +1,7 @@
 """The greedy (sequential) compensated removal against brute-force least-squares refits of every subset."""
 
+import math
+
 import pytest
 import torch
 
@@ -97,3 +99,22 @@ def test_compacting_the_work_space_changes_no_score(monkeypatch, unit_size):
     monkeypatch.setattr(sequential, "COMPACT_AT", 0.0)  # never compact
     torch.testing.assert_close(compacted, sequential_scores(weight, gram.clone(), 8, 0.1, block=1))
 
+
+
+def test_a_failed_removal_step_gives_one_clear_error(monkeypatch):
+    from hywia.errors import HywiaError
+
+    real = torch.linalg.cholesky_ex
+    calls = []
+
+    def failing_pivots(matrix, *args, **kwargs):
+        result = real(matrix, *args, **kwargs)
+        calls.append(matrix.shape[0])
+        if len(calls) > 1:  # the first call factorises the damped Gram; later ones are the removal steps' pivots
+            return type(result)((torch.full_like(result.L, math.nan), result.info))
+        return result
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failing_pivots)
+    x, weight = _problem(4, 1, seed=6)
+    with pytest.raises(HywiaError, match="raise --hywia-coarse-damping"):
+        sequential_scores(weight, x.T @ x, 4, 0.1, block=1)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import HywiaError
 from ..calibration.gram_space import all_finite
+from ..errors import HywiaError
 
 
 CHUNK_BYTES = 2**27  # float64 work space per chunk (128 MiB): d_in^2 copies of a 7B MLP Gram are ~1 GiB each

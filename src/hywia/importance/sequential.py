@@ -26,8 +26,8 @@ import math
 
 import torch
 
-from ..errors import HywiaError
 from ..calibration.gram_space import compact_rows, compact_square
+from ..errors import HywiaError
 from .compensated import damped_factor
 
 STEPS = 256  # default: about this many greedy steps per layer (block = ceil(units / STEPS))
@@ -94,7 +94,7 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         pivot = inverse[columns][:, columns]  # [P]_CBCB
         across = inverse[columns]  # P_CB,: [|C_B|, d_in]
         removed = weight_t[columns]  # W'_CB^T [|C_B|, d_out]
-        factor = torch.linalg.cholesky(pivot)
+        factor = torch.linalg.cholesky_ex(pivot).L  # no per-step error check (a device sync): see the end
         solved = torch.cholesky_solve(removed, factor)
         removed_error += (removed * solved).sum()
         weight_t.addmm_(across.T, solved, alpha=-1)  # in place: no d_in^2 temporary
@@ -104,4 +104,6 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         inverse[:, columns] = 0.0
         present[chosen] = False
         remaining -= take
+    if not torch.isfinite(scores).all():
+        raise HywiaError("sequential coarse score: a removal step was not positive definite; raise --hywia-coarse-damping")
     return scores.float()

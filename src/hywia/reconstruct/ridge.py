@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import HywiaError
 from ..calibration.gram_space import all_finite, compact_square
+from ..errors import HywiaError
 
 CHOLESKY = "cholesky"
 PSEUDO_INVERSE = "eigh pseudo-inverse"
