@@ -20,6 +20,10 @@
 #   bash bench/gpu_round.sh K   # issue-12 table, calibration seeds 1 and 2 (7-task: first 1,000 docs, as seed 0):
 #                               # one process per (seed, method): GPU0 20%, GPU1 50%; micro-batch 8 (12 processes)
 #   bash bench/gpu_round.sh L   # I's Gemma-3-270M baselines only: GPU0 10%, GPU1 20%
+#   bash bench/gpu_round.sh M   # the Gemma-3-270M default, one process per (ratio, seed): GPU0 10%, GPU1 20%
+#   bash bench/gpu_round.sh N   # issue 13 after the Gram work-space changes: GPU0 alone: 7B (peak-traced) / 8B / 13B
+#                               # hywia stages | GPU1: the Gram solves at the 7B shape on the GPU (profiled)
+#   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
 S=~/stage
@@ -155,6 +159,25 @@ case "$1" in
     wait
     cat "$OUT"/m_*.jsonl > "$OUT/gemma_default.jsonl" 2>/dev/null && rm -f "$OUT"/m_*.jsonl
     grep -h "^[0-9]*% s\|^exit" "$OUT"/m_*.log; tar czf "$OUT/logs_m.tgz" -C "$OUT" $(cd "$OUT" && ls m_*.log) && rm -f "$OUT"/m_*.log ;;
+  N)
+    part 0 n_scale13 580 bash -c "python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10 &&
+      python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --peak-trace &&
+      python bench/scale.py --shapes llama-3-8b llama-13b --methods hywia --ratios 0.2 --samples 10"
+    part 1 n_gram13 580 python bench/gram_space.py --device cuda --d-mlp-sequential 11008 --d-out-sequential 4096 --profile
+    wait ;;
+  O)
+    export OMP_NUM_THREADS=2
+    for seed in 1 2; do
+      for gpu_ratio in "0 0.2" "1 0.5"; do
+        set -- $gpu_ratio
+        part "$1" "o_$2_$seed" 570 python bench/recovery.py --device cuda --ratios "$2" --methods hywia,element1,flap \
+          --objectives lm --mc val paper --limit 1000 --recipe-from "$SWEEP" --skip-dense --seed $seed \
+          --out-jsonl "$OUT/o_$2_$seed.jsonl"
+      done
+    done
+    wait
+    cat "$OUT"/o_*.jsonl > "$OUT/table12_lm_seeds12.jsonl" 2>/dev/null && rm -f "$OUT"/o_*.jsonl
+    grep -h "ppl\|^exit" "$OUT"/o_*.log; tar czf "$OUT/logs_o.tgz" -C "$OUT" $(cd "$OUT" && ls o_*.log) && rm -f "$OUT"/o_*.log ;;
   K)
     export OMP_NUM_THREADS=2
     for seed in 1 2; do
