@@ -10,7 +10,7 @@ from itertools import groupby
 import torch
 
 from ..registry import Scores
-from .fusion import FINE, COARSE, soft_masks
+from .fusion import COARSE, FINE, soft_masks
 
 
 class FlatScores:

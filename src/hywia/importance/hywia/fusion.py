@@ -174,6 +174,7 @@ def soft_masks(scores: torch.Tensor, keep: torch.Tensor, temperature: float) -> 
     ordered = torch.sort(scores, dim=1, descending=True).values
     above = ordered.gather(1, (keep - 1).clamp(0, n - 1)[:, None]).squeeze(1)
     below = ordered.gather(1, keep.clamp(0, n - 1)[:, None]).squeeze(1)
-    threshold = torch.where(keep >= n, ordered[:, -1] - 1.0, torch.where(keep <= 0, ordered[:, 0] + 1.0, 0.5 * (above + below)))
+    halfway = torch.where(keep <= 0, ordered[:, 0] + 1.0, 0.5 * (above + below))
+    threshold = torch.where(keep >= n, ordered[:, -1] - 1.0, halfway)
     spread = scores.std(dim=1).clamp_min(1e-6) if n > 1 else scores.new_ones(rows)
     return torch.sigmoid((scores - threshold[:, None]) / (temperature * spread[:, None]))

@@ -225,7 +225,8 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
         alpha = blend_weights()
         fused = {k: v.clone() for k, v in flat.split(flat.fuse(alpha).cpu()).items()}
         alpha = alpha.cpu()
-    alpha_fine = {k: alpha[FINE] for k in keys} if alpha.dim() == 1 else {k: a[:, FINE] for k, a in flat.split(alpha).items()}
+    per_key = {k: alpha for k in keys} if alpha.dim() == 1 else flat.split(alpha)
+    alpha_fine = {k: a[..., FINE] for k, a in per_key.items()}
     details = {
         "options": asdict(opts),
         "normalisation_scope": scope,
