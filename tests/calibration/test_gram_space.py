@@ -29,3 +29,15 @@ def test_chunked_finiteness_check_agrees_with_isfinite(monkeypatch, chunk_bytes)
         broken = clean.clone()
         broken[6, 4] = bad  # the very last element: every chunk must be looked at
         assert not gram_space.all_finite(broken)
+
+
+def test_a_taken_gram_is_no_longer_held_by_its_statistics():
+    from hywia.calibration.layerwise import GramStats
+
+    stats = GramStats(3)
+    x = torch.randn(5, 3)
+    stats.add_batch(x)
+    gram = stats.take_gram()
+    torch.testing.assert_close(gram, x.double().T @ x.double())
+    assert stats.gram is None and stats.count == 5  # sums and count stay for the intercept / means
+    torch.testing.assert_close(stats.sum, x.double().sum(0))

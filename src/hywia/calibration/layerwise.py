@@ -91,6 +91,12 @@ class GramStats:
         self.gram = torch.zeros(features, features, dtype=torch.float64, device=device)
         self.sum = torch.zeros(features, dtype=torch.float64, device=device)
 
+    def take_gram(self) -> torch.Tensor:
+        """Hand the Gram to a consumer that overwrites it: this object keeps no reference (``gram`` becomes
+        None; the sums and count stay), so the consumer can free the d^2 float64 block as soon as it is done."""
+        gram, self.gram = self.gram, None
+        return gram
+
     @torch.no_grad()
     def add_batch(self, x: torch.Tensor) -> None:
         rows = _observations(x, self.features, self.gram.device)

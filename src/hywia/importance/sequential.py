@@ -75,7 +75,7 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
     block = block or default_block(num_units)
     factor = damped_factor(gram, damping, input_sum=input_sum, count=count, overwrite=overwrite)
     inverse = torch.cholesky_inverse(factor)
-    del factor
+    del factor, gram  # overwritten: the factor is the Gram's storage; freed here if the caller handed it over
     if not inverse.is_contiguous():  # LAPACK's column-major result; symmetric, so its transpose is the same matrix
         inverse = inverse.mT if inverse.mT.is_contiguous() else inverse.contiguous()
     weight_t = weight.detach().to(device=inverse.device, dtype=torch.float64).T.contiguous()

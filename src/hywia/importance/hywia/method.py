@@ -129,7 +129,7 @@ def granularity_scores(context: ScoringContext, opts: HybridOptions, keep_grams:
         def per_unit(weight, gram: GramStats, gs):
             extra = dict(input_sum=gram.sum, count=gram.count) if opts.intercept else {}
             kept_gram = gram.gram.float() if keep_grams else None  # a copy: the score consumes the Gram
-            errors = COMPENSATED_SCORES[opts.coarse](weight, gram.gram, gs.num_units, opts.coarse_damping,
+            errors = COMPENSATED_SCORES[opts.coarse](weight, gram.take_gram(), gs.num_units, opts.coarse_damping,
                                                      overwrite=True, **extra)
             return errors.cpu(), (gram.sum / gram.count).float().cpu(), kept_gram
 
