@@ -41,3 +41,21 @@ def test_a_taken_gram_is_no_longer_held_by_its_statistics():
     torch.testing.assert_close(gram, x.double().T @ x.double())
     assert stats.gram is None and stats.count == 5  # sums and count stay for the intercept / means
     torch.testing.assert_close(stats.sum, x.double().sum(0))
+
+
+def test_cholesky_in_place_overwrites_the_matrix_with_its_factor_or_says_none():
+    x = torch.randn(9, 4, dtype=torch.float64)
+    spd = x.T @ x + torch.eye(4, dtype=torch.float64)
+    expected = torch.linalg.cholesky(spd)
+    matrix = spd.clone()
+    factor = gram_space.cholesky_in_place(matrix)
+    torch.testing.assert_close(torch.tril(factor), expected)
+    assert factor.data_ptr() == matrix.data_ptr()  # the same storage: no second copy
+    assert gram_space.cholesky_in_place(-spd.clone()) is None
+
+
+def test_diagonal_blocks_are_the_square_blocks_on_the_diagonal():
+    matrix = torch.arange(36.0).reshape(6, 6)
+    blocks = gram_space.diagonal_blocks(matrix, 2)
+    for unit in range(3):
+        torch.testing.assert_close(blocks[unit], matrix[2 * unit : 2 * unit + 2, 2 * unit : 2 * unit + 2])

@@ -1,5 +1,6 @@
 """Bounded work space for the d x d float64 matrices (Grams, inverses) that dominate the peak memory: gathers
-that shrink a matrix inside its own storage, and a finiteness check that allocates no full-size temporary.
+that shrink a matrix inside its own storage, a Cholesky factorisation in place, the diagonal blocks of a matrix
+as a view, and a finiteness check that allocates no full-size temporary.
 
 Used where a d_in^2 float64 Gram or inverse is the largest thing alive: the sequential coarse score drops
 removed units from its inverse as it goes, the reconstruction turns the Gram G into its kept block G_SS.
@@ -44,3 +45,17 @@ def all_finite(tensor: torch.Tensor) -> bool:
     flat = tensor.reshape(-1)  # a view for the contiguous tensors checked here
     step = max(1, CHUNK_BYTES // tensor.element_size())
     return all(bool(torch.isfinite(flat[first : first + step]).all()) for first in range(0, flat.numel(), step))
+
+
+def cholesky_in_place(matrix: torch.Tensor) -> torch.Tensor | None:
+    """The lower Cholesky factor of the symmetric float64 ``matrix``, written over it (no second d x d copy), or
+    None when it is not positive definite (``matrix`` is overwritten either way)."""
+    info = torch.empty((), dtype=torch.int32, device=matrix.device)
+    factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))
+    return None if int(info) else factor
+
+
+def diagonal_blocks(matrix: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``size`` x ``size`` diagonal blocks [n / size, size, size] of a square contiguous ``matrix``, as a view."""
+    units = matrix.shape[0] // size
+    return matrix.view(units, size, units, size).diagonal(dim1=0, dim2=2).permute(2, 0, 1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..calibration.gram_space import all_finite
+from ..calibration.gram_space import all_finite, cholesky_in_place
 from ..errors import HywiaError
 
 
@@ -42,9 +42,8 @@ def damped_factor(gram: torch.Tensor, damping: float, *, input_sum: torch.Tensor
     if not all_finite(h):
         raise HywiaError("the calibration activations contain inf or NaN (run in float32 or bfloat16)")
     h.diagonal().add_(damping * float(h.diagonal().mean().clamp_min(1e-30)))
-    info = torch.empty((), dtype=torch.int32, device=h.device)
-    factor, info = torch.linalg.cholesky_ex(h, out=(h, info))
-    if int(info):
+    factor = cholesky_in_place(h)
+    if factor is None:
         raise HywiaError("the damped Gram matrix is not positive definite; raise --hywia-coarse-damping")
     return factor
 

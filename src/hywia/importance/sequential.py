@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..calibration.gram_space import compact_rows, compact_square
+from ..calibration.gram_space import compact_rows, compact_square, diagonal_blocks
 from ..errors import HywiaError
 from .compensated import damped_factor
 
@@ -54,7 +54,7 @@ def unit_errors(weight_t: torch.Tensor, inverse: torch.Tensor, present: torch.Te
         return torch.where(present, norms / torch.where(present, inverse.diagonal(), 1.0), math.inf)
     errors = torch.full((units,), math.inf, dtype=torch.float64, device=inverse.device)
     index = present.nonzero().squeeze(1)
-    blocks = inverse.view(units, size, units, size).diagonal(dim1=0, dim2=2).permute(2, 0, 1)[index]  # [u, s, s]
+    blocks = diagonal_blocks(inverse, size)[index]  # [u, s, s]
     w = weight_t.view(units, size, -1)
     grams = (w @ w.mT)[index]  # [u, s, s]
     factors = torch.linalg.cholesky_ex(blocks).L

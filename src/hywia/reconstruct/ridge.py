@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration.gram_space import all_finite, compact_square
+from ..calibration.gram_space import all_finite, cholesky_in_place, compact_square
 from ..errors import HywiaError
 
 CHOLESKY = "cholesky"
@@ -55,6 +55,12 @@ def check_damping(damping: float) -> float:
     return damping
 
 
+def _check_finite(*tensors: torch.Tensor) -> None:
+    if not all(all_finite(t) for t in tensors):
+        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
+                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
+
+
 def pseudo_inverse_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """The minimum-norm ``matrix^-1 rhs`` of a symmetric positive semi-definite ``matrix``, from its
     eigendecomposition (eigenvalues below ``d * eps * max`` count as zero)."""
@@ -74,14 +80,11 @@ def solve_symmetric(build: Callable[[], torch.Tensor], rhs: torch.Tensor) -> tup
     tensor: Cholesky in place of A (no second d x d copy) when A is positive definite; otherwise the
     factorisation has overwritten A, so it is built again for :func:`pseudo_inverse_solve`."""
     matrix = build()
-    if not (all_finite(matrix) and all_finite(rhs)):
-        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
-                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
-    info = torch.empty((), dtype=torch.int32, device=matrix.device)
-    factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))
-    if int(info) == 0:
+    _check_finite(matrix, rhs)
+    factor = cholesky_in_place(matrix)
+    if factor is not None:
         return factor_solve(factor, rhs), CHOLESKY
-    del factor, matrix
+    del matrix
     return pseudo_inverse_solve(build(), rhs), PSEUDO_INVERSE
 
 
@@ -179,17 +182,14 @@ def consume_and_solve(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tens
     lam = float(damping * gram.diagonal().index_select(0, kept).mean()) if len(kept) else 0.0
     if not (0 < lam < math.inf) or len(removed) == 0:
         return None
-    if not all_finite(gram):
-        raise HywiaError("reconstruction: the calibration activations contain inf or NaN; the least-squares "
-                         "system cannot be solved (run in float32 or bfloat16 rather than float16)")
+    _check_finite(gram)
     reference = output_error(weight, gram)
     g_rs = gram.index_select(0, removed).index_select(1, kept)
     g_rr = gram.index_select(0, removed).index_select(1, removed)
     system = compact_square(gram, kept)  # G_SS over the start of the Gram's storage
     system.diagonal().add_(lam)
-    info = torch.empty((), dtype=torch.int32, device=device)
-    factor, info = torch.linalg.cholesky_ex(system, out=(system, info))
-    if int(info):
+    factor = cholesky_in_place(system)
+    if factor is None:
         raise HywiaError("reconstruction: the damped Gram matrix is not positive definite; raise --reconstruct-damping")
     delta = torch.empty(weight.shape[0], len(kept), dtype=torch.float64, device=device)
     before = cross = ridge_norm = 0.0

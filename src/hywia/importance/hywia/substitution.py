@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ...calibration.gram_space import diagonal_blocks
 from ...errors import HywiaError
 
 
@@ -43,7 +44,7 @@ def substitution_matrix(gram: torch.Tensor, kept_units: torch.Tensor, unit_size:
     if len(removed):
         p[removed.unsqueeze(1), kept] = g[removed][:, kept] @ inverse  # A
     units = len(kept) // unit_size
-    blocks = inverse.view(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # K_CC
+    blocks = diagonal_blocks(inverse, unit_size)  # K_CC
     rows = torch.linalg.solve(blocks, inverse.view(units, unit_size, -1))  # K_CC^-1 K_C,S  [u, size, |S|]
     p[kept.unsqueeze(1), kept] = torch.eye(len(kept), dtype=torch.float64, device=g.device) - rows.reshape(len(kept), -1)
     return p.float()
