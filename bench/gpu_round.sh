@@ -22,7 +22,8 @@
 #   bash bench/gpu_round.sh L   # I's Gemma-3-270M baselines only: GPU0 10%, GPU1 20%
 #   bash bench/gpu_round.sh M   # the Gemma-3-270M default, one process per (ratio, seed): GPU0 10%, GPU1 20%
 #   bash bench/gpu_round.sh N   # issue 13 after the Gram work-space changes: GPU0 alone: 7B (peak-traced) / 8B / 13B
-#                               # hywia stages | GPU1: the Gram solves at the 7B shape on the GPU (profiled)
+#                               # hywia stages | GPU1: the compiled decode step kernel by kernel (dense vs 50%),
+#                               # then the Gram solves at the 7B shape on the GPU (profiled)
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -163,7 +164,9 @@ case "$1" in
     part 0 n_scale13 580 bash -c "python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10 &&
       python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --peak-trace &&
       python bench/scale.py --shapes llama-3-8b llama-13b --methods hywia --ratios 0.2 --samples 10"
-    part 1 n_gram13 580 python bench/gram_space.py --device cuda --d-mlp-sequential 11008 --d-out-sequential 4096 --profile
+    part 1 n_gram13 580 bash -c "python bench/compiled_probe.py --shape llama-7b --ratios 0 0.5 --batch-sizes 1 32 \
+      --json $OUT/compiled_probe.json; python bench/gram_space.py --device cuda --d-mlp-sequential 11008 \
+      --d-out-sequential 4096 --profile"
     wait ;;
   O)
     export OMP_NUM_THREADS=2
