@@ -16,6 +16,7 @@ through ``models.surgery.apply_keep``, the pruning pipeline's own surgery); rand
 
     source bench/device_env.sh && python bench/compiled_probe.py --shape llama-7b --ratios 0 0.2 0.5 \
         --batch-sizes 1 32 --json $OUT/compiled_probe.json
+    python bench/compiled_probe.py --linears-only    # the projections alone: separate vs fused q/k/v, gate/up
 """
 
 from __future__ import annotations
@@ -102,20 +103,35 @@ def kernel_profile(decoder: CompiledDecoder, ids: torch.Tensor, steps: int) -> d
     }
 
 
+def projection_weights(model: nn.Module, fused: bool) -> list[torch.Tensor]:
+    """The weights of every projection in execution order; ``fused`` concatenates q/k/v and gate/up of each
+    layer into one matrix, as serving engines (vLLM's QKVParallelLinear, MergedColumnParallelLinear) run them."""
+    weights = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, gate_up = (attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)
+        if fused:
+            weights += [torch.cat([m.weight for m in qkv]), attn.o_proj.weight,
+                        torch.cat([m.weight for m in gate_up]), mlp.down_proj.weight]
+        else:
+            weights += [m.weight for m in (*qkv, attn.o_proj, *gate_up, mlp.down_proj)]
+    return weights + [model.get_output_embeddings().weight]
+
+
 @torch.inference_mode()
-def linears_graph_ms(model: nn.Module, batch: int, replays: int = 20) -> float:
-    """Milliseconds of every nn.Linear of ``model`` as bare F.linear calls, replayed in one CUDA graph."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    inputs = [torch.randn(batch, m.in_features, dtype=m.weight.dtype, device=m.weight.device) for m in linears]
+def linears_graph_ms(model: nn.Module, batch: int, fused: bool = False, replays: int = 20) -> float:
+    """Milliseconds of every projection of ``model`` as bare F.linear calls, replayed in one CUDA graph."""
+    weights = projection_weights(model, fused)
+    inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):
-            outputs = [F.linear(x, m.weight, m.bias) for x, m in zip(inputs, linears)]
+            outputs = [F.linear(x, w) for x, w in zip(inputs, weights)]
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        outputs = [F.linear(x, m.weight, m.bias) for x, m in zip(inputs, linears)]
+        outputs = [F.linear(x, w) for x, w in zip(inputs, weights)]
     graph.replay()
     torch.cuda.synchronize()
     times = []
@@ -124,8 +140,15 @@ def linears_graph_ms(model: nn.Module, batch: int, replays: int = 20) -> float:
         graph.replay()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    del outputs, graph
+    del outputs, graph, weights
     return statistics.median(times) * 1e3
+
+
+def linears_only(model: nn.Module, batch: int, args) -> dict:
+    weight_bytes = sum(w.numel() * w.element_size() for w in projection_weights(model, False))
+    return {"batch": batch, "linears_graph_ms": linears_graph_ms(model, batch),
+            "fused_linears_graph_ms": linears_graph_ms(model, batch, fused=True),
+            "read_ms": weight_bytes / (args.bandwidth * 1e12) * 1e3}
 
 
 def probe(model: nn.Module, batch: int, args) -> dict:
@@ -151,6 +174,7 @@ def probe(model: nn.Module, batch: int, args) -> dict:
         "matmul_kernels_per_step": per_step["matmul_kernels_total"],
         "matmul_ms_per_step": per_step["matmul_ms_total"],
         "linears_graph_ms": linears_graph_ms(model, batch),
+        "fused_linears_graph_ms": linears_graph_ms(model, batch, fused=True),
         "read_ms": weight_bytes / (args.bandwidth * 1e12) * 1e3,
         "top_ms_profiled": profiled["top_ms_total"],
     }
@@ -165,9 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.8, help="GPU memory bandwidth, TB/s (H200: 4.8)")
+    parser.add_argument("--linears-only", action="store_true",
+                        help="only the projections' CUDA graph, separate and fused (no compile, no profile)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     rows = []
+    if args.linears_only:
+        return linears_table(args)
     print("| ratio | params (M) | batch | step ms | kernels / step | kernel ms (matmul / other) | gaps ms | "
           "linears-only graph ms | weight read ms |")
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
@@ -184,6 +212,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['read_ms']:.2f} |", flush=True)
             print("  top kernels (ms over the profiled steps):",
                   json.dumps({k: round(v, 2) for k, v in row["top_ms_profiled"].items()}), flush=True)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def linears_table(args) -> int:
+    rows = []
+    print("| ratio | params (M) | batch | projections ms | fused q/k/v + gate/up ms | weight read ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for ratio in args.ratios:
+        model = build(SHAPES[args.shape], ratio, torch.device("cuda"))
+        params = non_embedding_parameters(model) / 1e6
+        for batch in args.batch_sizes:
+            row = {"shape": args.shape, "ratio": ratio, "non_embedding_params_m": params,
+                   **linears_only(model, batch, args)}
+            rows.append(row)
+            print(f"| {ratio:.0%} | {params:,.0f} | {batch} | {row['linears_graph_ms']:.2f} | "
+                  f"{row['fused_linears_graph_ms']:.2f} | {row['read_ms']:.2f} |", flush=True)
         del model
         gc.collect()
         torch.cuda.empty_cache()

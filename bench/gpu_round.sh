@@ -24,6 +24,9 @@
 #   bash bench/gpu_round.sh N   # issue 13 after the Gram work-space changes: GPU0 alone: 7B (peak-traced) / 8B / 13B
 #                               # hywia stages | GPU1: the compiled decode step kernel by kernel (dense vs 50%),
 #                               # then the Gram solves at the 7B shape on the GPU (profiled)
+#   bash bench/gpu_round.sh P   # issue 13 after the sequential score's fewer launches: GPU0: 7B hywia 20% / 50%
+#                               # stages | GPU1: the sequential score at the 7B shape (profiled), the projections
+#                               # alone as a CUDA graph, separate vs fused (dense, 20%, 50%)
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -167,6 +170,12 @@ case "$1" in
     part 1 n_gram13 580 bash -c "python bench/compiled_probe.py --shape llama-7b --ratios 0 0.5 --batch-sizes 1 32 \
       --json $OUT/compiled_probe.json; python bench/gram_space.py --device cuda --d-mlp-sequential 11008 \
       --d-out-sequential 4096 --profile"
+    wait ;;
+  P)
+    part 0 p_scale13 400 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10
+    part 1 p_seq13 400 bash -c "python bench/gram_space.py --device cuda --part sequential --d-mlp-sequential 11008 \
+      --d-out-sequential 4096 --profile; python bench/compiled_probe.py --linears-only --ratios 0 0.2 0.5 \
+      --batch-sizes 1 32 --json $OUT/linears_probe.json"
     wait ;;
   O)
     export OMP_NUM_THREADS=2
