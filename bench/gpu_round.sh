@@ -27,6 +27,8 @@
 #   bash bench/gpu_round.sh P   # issue 13 after the sequential score's fewer launches: GPU0: 7B hywia 20% / 50%
 #                               # stages | GPU1: the sequential score at the 7B shape (profiled), the projections
 #                               # alone as a CUDA graph, separate vs fused (dense, 20%, 50%)
+#   bash bench/gpu_round.sh Q   # issue 13, the fusion step as CUDA graphs: GPU0: 7B hywia 20% / 50% stages (graph
+#                               # auto) | GPU1: the CUDA test of the graphed step, then 7B hywia 20% with --hywia-graph off
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -176,6 +178,13 @@ case "$1" in
     part 1 p_seq13 400 bash -c "python bench/gram_space.py --device cuda --part sequential --d-mlp-sequential 11008 \
       --d-out-sequential 4096 --profile; python bench/compiled_probe.py --linears-only --ratios 0 0.2 0.5 \
       --batch-sizes 1 32 --json $OUT/linears_probe.json"
+    wait ;;
+  Q)
+    part 0 q_scale13 400 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10
+    part 1 q_eager13 400 bash -c "(python -m pytest -q -p no:cacheprovider tests/importance/test_graphed_fusion.py ||
+      python -c 'import sys; sys.path.insert(0, \"tests\"); import test_graphed_fusion as t;
+      t.test_graphed_step_gives_the_eager_loss_and_mask_gradient(); print(\"graphed == eager: ok\")');
+      python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --hywia-graph off"
     wait ;;
   O)
     export OMP_NUM_THREADS=2

@@ -197,6 +197,9 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
     with timed_pipeline(clock):
         result = prune(loaded.model, None, config, calibration_ids=samples)
+    fusion_step = (result.report.get("method_details") or {}).get("fusion_step")
+    if fusion_step:
+        print(f"  fusion step: {fusion_step}", file=sys.stderr, flush=True)
     trace = None
     if tracing:
         snapshot = torch.cuda.memory._snapshot()
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     parser.add_argument("--seq-len", type=int, default=128, help="calibration length in tokens (default 128)")
     parser.add_argument("--hywia-steps", type=int, default=None, help="HyWIA's fusion steps (default: its own)")
+    parser.add_argument("--hywia-graph", choices=("auto", "off"), default=None,
+                        help="HyWIA's fusion step as CUDA graphs (auto, its default) or eager (off)")
     parser.add_argument("--scratch", default=None, help="folder for the random models (default: a temp folder)")
     parser.add_argument("--keep", default=None,
                         help="keep the dense and pruned folders here (DIR/SHAPE, DIR/SHAPE-METHOD-RATIO) for bench-speed")
@@ -267,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             print("bench/scale.py needs a CUDA GPU (or --tiny)", file=sys.stderr)
             return 2
         shapes, device, dtype = {name: SHAPES[name] for name in args.shapes}, "cuda", "bfloat16"
-    options = {"hywia": {"steps": args.hywia_steps}} if args.hywia_steps is not None else {}
+    hywia = {"steps": args.hywia_steps} if args.hywia_steps is not None else {}
+    hywia.update({"graph": args.hywia_graph} if args.hywia_graph is not None else {})
+    options = {"hywia": hywia} if hywia else {}
     cuda = device == "cuda"
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="hywia-scale-"))
     print(header(), flush=True)

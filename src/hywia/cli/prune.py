@@ -26,6 +26,8 @@ HYWIA_OPTION_HELP = {
     "fixed_alpha": "fixed weight of the fine score instead of learning (e.g. 0.5)",
     "gates": "what a gated-off unit passes on while the fusion learns: plain (zero), compensated (its ridge stand-in "
              "from the kept units, as the reconstruction will make it) or auto (compensated when it fits)",
+    "graph": "auto (on CUDA, replay the fusion's forward and backward as CUDA graphs when every step has the same "
+             "inputs; eager if the capture fails) or off",
 }
 
 

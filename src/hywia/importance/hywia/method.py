@@ -39,6 +39,7 @@ from ..forward_methods import BIAS_COMPENSATION, bias_compensation, collect
 from ..registry import MethodSpec, ScoreResult, Scores, ScoringContext, register_method, score, top_units
 from ..weight_methods import gradient_stats, taylor_importance
 from .gates import gated
+from .graphed import gated_objective, graph_step
 from .substitution import substitution_matrix
 from .flat import FlatScores
 from .fusion import BLENDS, FINE, NORMALISATIONS, AttentionFusion, blend_inputs, normalise
@@ -48,6 +49,7 @@ FINE_SCORES = ("element1", "element2", "wanda-sp")
 COARSE = ("compensated", "sequential", "taylor")
 COMPENSATED_SCORES = {"compensated": compensated_scores, "sequential": sequential_scores}
 GATES = ("plain", "compensated", "auto")
+GRAPH = ("auto", "off")
 SUBSTITUTION_REFRESH = 25  # compensated gates: rebuild the substitutions around the current selection every N steps
 # The dense logits of all calibration samples are kept when they fit in the larger of DENSE_CACHE_BYTES and
 # DENSE_CACHE_WEIGHT_SHARE of the model's weights (on a GPU also within DENSE_CACHE_GPU_SHARE of its free
@@ -80,6 +82,7 @@ class HybridOptions:
     fixed_alpha: float | None = None  # fixed weight of the fine score (no learning): 0.5 = plain average
     realloc_every: int = 10  # global allocation: recompute per-layer widths every N steps
     gates: str = "auto"  # plain (gated-off units output zero), compensated (their ridge stand-in), or auto
+    graph: str = "auto"  # auto: the fusion's forward + backward replayed as CUDA graphs where possible; off: eager
 
     @classmethod
     def from_dict(cls, options: dict) -> "HybridOptions":
@@ -103,6 +106,7 @@ class HybridOptions:
             (self.temperature > 0, f"--hywia-temperature must be > 0, got {self.temperature}"),
             (self.fixed_alpha is None or 0 <= self.fixed_alpha <= 1, "--hywia-fixed-alpha must be in [0, 1]"),
             (self.gates in GATES, f"--hywia-gates must be one of {GATES}, got {self.gates!r}"),
+            (self.graph in GRAPH, f"--hywia-graph must be one of {GRAPH}, got {self.graph!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -217,8 +221,9 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
         return flat.expand(alpha) if opts.blend == "layer" else alpha
 
     losses: list[float] = []
+    step_kind = "no fusion training"
     if opts.fixed_alpha is None and opts.steps > 0:
-        keep, losses = _learn(context, opts, fusion, flat, blend_weights, keep, grams)
+        keep, losses, step_kind = _learn(context, opts, fusion, flat, blend_weights, keep, grams)
     del grams
     learned = time.perf_counter()
     with torch.no_grad():
@@ -231,6 +236,7 @@ def score_hywia(context: ScoringContext) -> ScoreResult:
         "options": asdict(opts),
         "normalisation_scope": scope,
         "gates": gates_note,
+        "fusion_step": step_kind,
         "alpha_fine": {f"{k[0]}.{k[1]}": float(alpha_fine[k].float().mean()) for k in keys},
         "loss_curve": [round(x, 5) for x in losses],
         "kept_per_layer": {
@@ -274,12 +280,16 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
     was_training = model.training
     model.eval()
     losses = []
+    step_kind = "eager"
     generator = torch.Generator().manual_seed(context.seed)
     vocab = model.get_output_embeddings().weight.shape[0]
     cache_fits = samples.numel() * vocab * 4 <= _cache_budget(model, device)
     dense_cache = _dense_logits(model, samples.to(device)) if opts.loss == "kl" and cache_fits else None
     try:
         with gated(model, context.adapter, context.group_sets) as gates:
+            objective = gated_objective(model, gates, flat.split, _objective)
+            # same inputs every step: a fixed batch size, no substitutions to refresh, the dense logits cached
+            can_graph = opts.graph == "auto" and not grams and (opts.loss == "lm" or dense_cache is not None)
             for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
                 fused = flat.fuse(blend_weights())
                 if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
@@ -292,8 +302,12 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
                 if opts.loss == "kl":
                     gates.masks.clear()
                     dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
-                gates.masks.update(flat.split(flat.soft_masks(fused, keep, opts.temperature)))
-                loss = _objective(model, batch, dense_logits)
+                masks = flat.soft_masks(fused, keep, opts.temperature)
+                inputs = (batch, masks) if dense_logits is None else (batch, masks, dense_logits)
+                if can_graph and step == 0 and len(samples) >= opts.batch_size:
+                    sample = tuple(t.detach().clone().requires_grad_(t is masks) for t in inputs)
+                    objective, step_kind = graph_step(objective, sample)
+                loss = objective(*inputs)
                 if not torch.isfinite(loss):
                     raise HywiaError(f"HyWIA fusion loss became {loss.item()} at step {step}; try --dtype float32")
                 optimiser.zero_grad()
@@ -304,7 +318,7 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
         for p, flag in saved_flags:
             p.requires_grad_(flag)
         model.train(was_training)
-    return keep, losses
+    return keep, losses, step_kind
 
 
 def _substitutions(context, grams: dict, fused: Scores, keep: dict) -> dict:
