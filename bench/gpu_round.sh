@@ -182,8 +182,7 @@ case "$1" in
   Q)
     part 0 q_scale13 400 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.5 --samples 10
     part 1 q_eager13 400 bash -c "(python -m pytest -q -p no:cacheprovider tests/importance/test_graphed_fusion.py ||
-      python -c 'import sys; sys.path.insert(0, \"tests\"); import test_graphed_fusion as t;
-      t.test_graphed_step_gives_the_eager_loss_and_mask_gradient(); print(\"graphed == eager: ok\")');
+      PYTHONPATH=tests:\$PYTHONPATH python -c 'import test_graphed_fusion as t; t.test_graphed_step_gives_the_eager_loss_and_mask_gradient(); print(\"graphed == eager: ok\")');
       python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --hywia-graph off"
     wait ;;
   O)
