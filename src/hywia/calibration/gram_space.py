@@ -49,9 +49,15 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
 def cholesky_in_place(matrix: torch.Tensor) -> torch.Tensor | None:
     """The lower Cholesky factor of the symmetric float64 ``matrix``, written over it (no second d x d copy), or
-    None when it is not positive definite (``matrix`` is overwritten either way)."""
+    None when it is not positive definite (``matrix`` is overwritten either way).
+
+    LAPACK and cuSOLVER factorise column-major matrices: handed a row-major ``out``, torch factorises a
+    column-major temporary and copies it back (a second d x d matrix: 0.86 GiB at the 7B reconstruction's
+    peak). A symmetric matrix is its own transpose, so its column-major view ``matrix.mT`` is the same matrix
+    and serves as input and output: the factor comes back as that view (``matrix`` then holds L^T)."""
     info = torch.empty((), dtype=torch.int32, device=matrix.device)
-    factor, info = torch.linalg.cholesky_ex(matrix, out=(matrix, info))
+    column_major = matrix.mT
+    factor, info = torch.linalg.cholesky_ex(column_major, out=(column_major, info))
     return None if int(info) else factor
 
 
