@@ -48,7 +48,7 @@ def test_graph_step_off_cuda_is_the_eager_step():
     model, adapter, group_sets, sizes, split, ids = _setup()
     with gated(model, adapter, group_sets) as gates:
         step = gated_objective(model, gates, split, _objective)
-        same, note = graph_step(step, (ids, torch.ones(sum(sizes), requires_grad=True)))
+        same, note = graph_step(step, (ids, torch.ones(sum(sizes), requires_grad=True)), model)
     assert same is step and note == "eager"
 
 
@@ -59,7 +59,7 @@ def test_graphed_step_gives_the_eager_loss_and_mask_gradient():
     generator = torch.Generator().manual_seed(2)
     with gated(model, adapter, group_sets) as gates:
         eager = gated_objective(model, gates, split, _objective)
-        graphed, note = graph_step(eager, (ids, torch.rand(sum(sizes), device="cuda", requires_grad=True)))
+        graphed, note = graph_step(eager, (ids, torch.rand(sum(sizes), device="cuda", requires_grad=True)), model)
         assert note == "CUDA graph"
         for _ in range(3):
             new_ids = torch.randint(3, 96, ids.shape, generator=generator).cuda()

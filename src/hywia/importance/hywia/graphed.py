@@ -32,11 +32,13 @@ def gated_objective(model, gates: UnitGates, split: Callable, objective: Callabl
     return step
 
 
-def graph_step(step: Callable, sample_args: tuple[torch.Tensor, ...]) -> tuple[Callable, str]:
+def graph_step(step: Callable, sample_args: tuple[torch.Tensor, ...], model) -> tuple[Callable, str]:
     """``step`` captured as CUDA graphs for inputs shaped as ``sample_args`` (the masks among them requiring
-    grad), or ``step`` itself when not on CUDA or when the capture fails; with a note for the report."""
-    if sample_args[0].device.type != "cuda":
-        return step, "eager"
+    grad), or ``step`` itself when the model is not on one CUDA device or when the capture fails; with a note
+    for the report."""
+    devices = {p.device for p in model.parameters()} | {t.device for t in sample_args}
+    if len(devices) > 1 or next(iter(devices)).type != "cuda":
+        return step, "eager" if len(devices) == 1 else "eager (model on several devices)"
     try:
         graphed = torch.cuda.make_graphed_callables(step, sample_args, num_warmup_iters=2)
     except Exception as error:  # a capture failure of any kind: the eager step computes the same loss

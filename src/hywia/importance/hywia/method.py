@@ -24,6 +24,7 @@ budget (``DENSE_CACHE_*``), else falls back to plain gates (recorded in the repo
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -286,7 +287,9 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
     cache_fits = samples.numel() * vocab * 4 <= _cache_budget(model, device)
     dense_cache = _dense_logits(model, samples.to(device)) if opts.loss == "kl" and cache_fits else None
     try:
-        with gated(model, context.adapter, context.group_sets) as gates:
+        with gated(model, context.adapter, context.group_sets) as gates, warnings.catch_warnings():
+            # a graphed backward notes its autograd streams at every step: benign, nothing for the user to act on
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
             objective = gated_objective(model, gates, flat.split, _objective)
             # same inputs every step: a fixed batch size, no substitutions to refresh, the dense logits cached
             can_graph = opts.graph == "auto" and not grams and (opts.loss == "lm" or dense_cache is not None)
@@ -306,7 +309,7 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
                 inputs = (batch, masks) if dense_logits is None else (batch, masks, dense_logits)
                 if can_graph and step == 0 and len(samples) >= opts.batch_size:
                     sample = tuple(t.detach().clone().requires_grad_(t is masks) for t in inputs)
-                    objective, step_kind = graph_step(objective, sample)
+                    objective, step_kind = graph_step(objective, sample, model)
                 loss = objective(*inputs)
                 if not torch.isfinite(loss):
                     raise HywiaError(f"HyWIA fusion loss became {loss.item()} at step {step}; try --dtype float32")
