@@ -180,6 +180,32 @@ def probe(model: nn.Module, batch: int, args) -> dict:
     }
 
 
+def measured_rows(args, measure):
+    """One row per (ratio, batch size): ``measure(model, batch, args)`` on a model built once per ratio."""
+    for ratio in args.ratios:
+        model = build(SHAPES[args.shape], ratio, torch.device("cuda"))
+        params = non_embedding_parameters(model) / 1e6
+        for batch in args.batch_sizes:
+            yield {"shape": args.shape, "ratio": ratio, "non_embedding_params_m": params, **measure(model, batch, args)}
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def step_line(row: dict) -> str:
+    other = row["kernel_ms_per_step"] - row["matmul_ms_per_step"]
+    top = json.dumps({k: round(v, 2) for k, v in row["top_ms_profiled"].items()})
+    return (f"| {row['ratio']:.0%} | {row['non_embedding_params_m']:,.0f} | {row['batch']} | {row['step_ms']:.2f} | "
+            f"{row['kernels_per_step']:.0f} | {row['kernel_ms_per_step']:.2f} ({row['matmul_ms_per_step']:.2f} / "
+            f"{other:.2f}) | {row['step_ms'] - row['kernel_ms_per_step']:.2f} | {row['linears_graph_ms']:.2f} | "
+            f"{row['read_ms']:.2f} |\n  top kernels (ms over the profiled steps): {top}")
+
+
+def linears_line(row: dict) -> str:
+    return (f"| {row['ratio']:.0%} | {row['non_embedding_params_m']:,.0f} | {row['batch']} | "
+            f"{row['linears_graph_ms']:.2f} | {row['fused_linears_graph_ms']:.2f} | {row['read_ms']:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama-7b", choices=list(SHAPES))
@@ -193,49 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the projections' CUDA graph, separate and fused (no compile, no profile)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    rows = []
     if args.linears_only:
-        return linears_table(args)
-    print("| ratio | params (M) | batch | step ms | kernels / step | kernel ms (matmul / other) | gaps ms | "
-          "linears-only graph ms | weight read ms |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
-    for ratio in args.ratios:
-        model = build(SHAPES[args.shape], ratio, torch.device("cuda"))
-        params = non_embedding_parameters(model) / 1e6
-        for batch in args.batch_sizes:
-            row = {"shape": args.shape, "ratio": ratio, "non_embedding_params_m": params, **probe(model, batch, args)}
-            rows.append(row)
-            other = row["kernel_ms_per_step"] - row["matmul_ms_per_step"]
-            print(f"| {ratio:.0%} | {params:,.0f} | {batch} | {row['step_ms']:.2f} | {row['kernels_per_step']:.0f} | "
-                  f"{row['kernel_ms_per_step']:.2f} ({row['matmul_ms_per_step']:.2f} / {other:.2f}) | "
-                  f"{row['step_ms'] - row['kernel_ms_per_step']:.2f} | {row['linears_graph_ms']:.2f} | "
-                  f"{row['read_ms']:.2f} |", flush=True)
-            print("  top kernels (ms over the profiled steps):",
-                  json.dumps({k: round(v, 2) for k, v in row["top_ms_profiled"].items()}), flush=True)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0
-
-
-def linears_table(args) -> int:
+        measure, line = linears_only, linears_line
+        print("| ratio | params (M) | batch | projections ms | fused q/k/v + gate/up ms | weight read ms |\n"
+              "|---|---:|---:|---:|---:|---:|")
+    else:
+        measure, line = probe, step_line
+        print("| ratio | params (M) | batch | step ms | kernels / step | kernel ms (matmul / other) | gaps ms | "
+              "linears-only graph ms | weight read ms |\n|---|---:|---:|---:|---:|---|---:|---:|---:|")
     rows = []
-    print("| ratio | params (M) | batch | projections ms | fused q/k/v + gate/up ms | weight read ms |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for ratio in args.ratios:
-        model = build(SHAPES[args.shape], ratio, torch.device("cuda"))
-        params = non_embedding_parameters(model) / 1e6
-        for batch in args.batch_sizes:
-            row = {"shape": args.shape, "ratio": ratio, "non_embedding_params_m": params,
-                   **linears_only(model, batch, args)}
-            rows.append(row)
-            print(f"| {ratio:.0%} | {params:,.0f} | {batch} | {row['linears_graph_ms']:.2f} | "
-                  f"{row['fused_linears_graph_ms']:.2f} | {row['read_ms']:.2f} |", flush=True)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
+    for row in measured_rows(args, measure):
+        rows.append(row)
+        print(line(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
