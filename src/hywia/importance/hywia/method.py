@@ -307,7 +307,7 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
                     dense_logits = dense_cache[rows.to(dense_cache.device)] if dense_cache is not None else _dense_logits(model, batch)
                 masks = flat.soft_masks(fused, keep, opts.temperature)
                 inputs = (batch, masks) if dense_logits is None else (batch, masks, dense_logits)
-                if can_graph and step == 0 and len(samples) >= opts.batch_size:
+                if can_graph and step == 0:
                     sample = tuple(t.detach().clone().requires_grad_(t is masks) for t in inputs)
                     objective, step_kind = graph_step(objective, sample, model)
                 loss = objective(*inputs)
