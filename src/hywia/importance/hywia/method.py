@@ -291,8 +291,12 @@ def _learn(context, opts, fusion, flat: FlatScores, blend_weights, keep, grams):
             # a graphed backward notes its autograd streams at every step: benign, nothing for the user to act on
             warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
             objective = gated_objective(model, gates, flat.split, _objective)
-            # same inputs every step: a fixed batch size, no substitutions to refresh, the dense logits cached
-            can_graph = opts.graph == "auto" and not grams and (opts.loss == "lm" or dense_cache is not None)
+            # a graph needs the same inputs every step: no substitutions to refresh, the dense logits cached
+            why_eager = ("--hywia-graph off" if opts.graph == "off" else "compensated gates" if grams
+                         else "dense logits not cached" if opts.loss == "kl" and dense_cache is None else None)
+            can_graph = why_eager is None
+            if why_eager and device.type == "cuda":
+                step_kind = f"eager ({why_eager})"
             for step in tqdm(range(opts.steps), desc="hywia fusion", disable=not context.progress, leave=False):
                 fused = flat.fuse(blend_weights())
                 if context.allocation != "uniform" and step and step % opts.realloc_every == 0:
