@@ -42,11 +42,15 @@ from hywia.models.adapters import get_adapter  # noqa: E402
 from hywia.models.groups import ATTN  # noqa: E402
 from hywia.models.surgery import apply_keep  # noqa: E402
 
-MATMUL_KERNELS = re.compile(r"gemm|gemv|cutlass|nvjet|cublas|splitk|sm90_xmma|sm80_xmma", re.IGNORECASE)
+# cuBLAS / CUTLASS kernels, and Triton kernels inductor generated around a product (max-autotune fuses the
+# product with the norm or activation next to it: "triton_red_fused_..._mm_mul_silu_...")
+MATMUL_KERNELS = re.compile(r"gemm|gemv|cutlass|nvjet|cublas|splitk|sm90_xmma|sm80_xmma|triton.*_b?mm(_|$)",
+                            re.IGNORECASE)
 
 
-def build(shape: dict, ratio: float, device: torch.device) -> nn.Module:
-    """A random bf16 Llama of ``shape`` with the first (1 - ratio) KV heads and MLP channels of every layer."""
+def build(shape: dict, ratio: float, device: torch.device, mlp_step: int = 128) -> nn.Module:
+    """A random bf16 Llama of ``shape`` with the first (1 - ratio) KV heads and MLP channels of every layer
+    (MLP widths rounded to multiples of ``mlp_step``)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
@@ -58,7 +62,7 @@ def build(shape: dict, ratio: float, device: torch.device) -> nn.Module:
         keep = {}
         for layer in range(adapter.num_layers):
             for group_set in adapter.group_sets(layer):
-                step = 1 if group_set.kind == ATTN else 128
+                step = 1 if group_set.kind == ATTN else mlp_step
                 kept = max(step, int(round(group_set.num_units * (1 - ratio) / step)) * step)
                 keep[group_set.key] = torch.arange(kept)
         apply_keep(model, adapter, keep)
@@ -152,11 +156,10 @@ def linears_only(model: nn.Module, batch: int, args) -> dict:
 
 
 def probe(model: nn.Module, batch: int, args) -> dict:
-    config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.steps, batch_sizes=[batch],
-                         compile_mode="reduce-overhead")
+    config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.steps, batch_sizes=[batch])
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (batch, args.prompt_len), generator=generator).to("cuda")
-    decoder = CompiledDecoder(model, batch, config)
+    decoder = CompiledDecoder(model, batch, config, args.compile_mode)
     start = time.perf_counter()
     with torch.inference_mode():
         step_loop(decoder, ids, args.steps)  # compiles
@@ -183,13 +186,26 @@ def probe(model: nn.Module, batch: int, args) -> dict:
 def measured_rows(args, measure):
     """One row per (ratio, batch size): ``measure(model, batch, args)`` on a model built once per ratio."""
     for ratio in args.ratios:
-        model = build(SHAPES[args.shape], ratio, torch.device("cuda"))
+        model = build(SHAPES[args.shape], ratio, torch.device("cuda"), args.mlp_step)
         params = non_embedding_parameters(model) / 1e6
         for batch in args.batch_sizes:
             yield {"shape": args.shape, "ratio": ratio, "non_embedding_params_m": params, **measure(model, batch, args)}
         del model
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def set_inductor_options(settings: list[str]) -> None:
+    """``KEY=VALUE`` strings onto ``torch._inductor.config`` (VALUE as a Python literal: True, 0.5, 'ATEN')."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if not hasattr(inductor_config, key):
+            raise SystemExit(f"--inductor: torch._inductor.config has no {key!r}")
+        setattr(inductor_config, key, ast.literal_eval(value))
 
 
 def step_line(row: dict) -> str:
@@ -215,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.8, help="GPU memory bandwidth, TB/s (H200: 4.8)")
+    parser.add_argument("--mlp-step", type=int, default=128, help="pruned MLP widths are multiples of this")
+    parser.add_argument("--compile-mode", default="reduce-overhead", choices=("reduce-overhead", "max-autotune"))
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="torch._inductor.config settings for the compile, e.g. prologue_fusion=False")
     parser.add_argument("--linears-only", action="store_true",
                         help="only the projections' CUDA graph, separate and fused (no compile, no profile)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    set_inductor_options(args.inductor)
     if args.linears_only:
         measure, line = linears_only, linears_line
         print("| ratio | params (M) | batch | projections ms | fused q/k/v + gate/up ms | weight read ms |\n"

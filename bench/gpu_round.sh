@@ -29,6 +29,13 @@
 #                               # alone as a CUDA graph, separate vs fused (dense, 20%, 50%)
 #   bash bench/gpu_round.sh Q   # issue 13, the fusion step as CUDA graphs: GPU0: 7B hywia 20% / 50% stages (graph
 #                               # auto) | GPU1: the CUDA test of the graphed step, then 7B hywia 20% with --hywia-graph off
+#   bash bench/gpu_round.sh R   # issue 13, widths the GPU runs well: GPU0: 7B hywia 20% twice + 50% (peak after the
+#                               # in-place Cholesky) | GPU1: decode-shaped products over MLP / attention widths
+#                               # (cuBLAS, then Triton at a few), then the compiled step with max-autotune
+#                               # (random shapes only: needs no staging, PYTHONPATH=src is enough)
+#   bash bench/gpu_round.sh S   # issue 13: the compiled step with max-autotune, dense / 20% / 50%: GPU0 batch 1,
+#                               # GPU1 batch 32 (random shapes only, as R)
+#   bash bench/gpu_round.sh T   # S with inductor's prologue fusion off (the norm no longer recomputed per GEMM tile)
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -184,6 +191,29 @@ case "$1" in
     part 1 q_eager13 400 bash -c "(python -m pytest -q -p no:cacheprovider tests/importance/test_graphed_fusion.py ||
       PYTHONPATH=tests:\$PYTHONPATH python -c 'import test_graphed_fusion as t; t.test_graphed_step_gives_the_eager_loss_and_mask_gradient(); print(\"graphed == eager: ok\")');
       python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --samples 10 --hywia-graph off"
+    wait ;;
+  R)
+    part 0 r_scale13 500 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.2 0.5 --samples 10
+    part 1 r_widths13 560 bash -c "python bench/width_sweep.py --kinds mlp_in mlp_out --widths 5120:11008:64 \
+      --json $OUT/width_sweep_mlp.json; python bench/width_sweep.py --kinds attn_in attn_out --widths 2048:4096:128 \
+      --json $OUT/width_sweep_attn.json; python bench/width_sweep.py --backend triton --kinds mlp_in mlp_out \
+      --batch-sizes 1 --widths 5504,5632,8832,8960,11008 --json $OUT/width_sweep_triton.json;
+      python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.5 --batch-sizes 1 \
+      --json $OUT/compiled_probe_autotune.json"
+    wait ;;
+  S)
+    for gpu_batch in "0 1" "1 32"; do
+      set -- $gpu_batch
+      part "$1" "s_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
+        --batch-sizes "$2" --json "$OUT/compiled_probe_autotune_b$2.json"
+    done
+    wait ;;
+  T)
+    for gpu_batch in "0 1" "1 32"; do
+      set -- $gpu_batch
+      part "$1" "t_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
+        --batch-sizes "$2" --inductor prologue_fusion=False --json "$OUT/compiled_probe_autotune_noprologue_b$2.json"
+    done
     wait ;;
   O)
     export OMP_NUM_THREADS=2

@@ -16,7 +16,7 @@ import time
 
 from benchlib import record
 
-from hywia.evaluate.speed import SpeedConfig, bench_models, speed_table
+from hywia.evaluate.speed import SpeedConfig, bench_models, speed_table, split_modes
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", dest="compile_mode", nargs="?", const="reduce-overhead", default=None,
+    parser.add_argument("--compile", dest="compile_modes", nargs="?", const="reduce-overhead", default=None,
                         help="also measure the compiled static-cache decode (as `hywia bench-speed --compile`)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--label", default=None, help="section key in BENCHMARKS.md (default: from the model and device)")
@@ -40,7 +40,7 @@ def main() -> None:
 
     config = SpeedConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                          batch_sizes=[int(b) for b in args.batch_sizes.split(",")], repeats=args.repeats,
-                         warmup=args.warmup, compile_mode=args.compile_mode, compile_backend=args.compile_backend)
+                         warmup=args.warmup, compile_modes=split_modes(args.compile_modes), compile_backend=args.compile_backend)
     baseline = None if args.baseline == "default" else args.baseline
     start, load_before = time.time(), os.getloadavg()
     pruned = [("pruned", model) for model in args.model]

@@ -1,5 +1,6 @@
-"""bench/compiled_probe.py's CPU-checkable parts: the uniformly pruned shapes it builds and the projections it
-replays (fused q/k/v and gate/up give the separate products' outputs side by side)."""
+"""bench/compiled_probe.py's and bench/width_sweep.py's CPU-checkable parts: the uniformly pruned shapes the
+probe builds and the projections it replays (fused q/k/v and gate/up give the separate products' outputs side
+by side), its inductor options and kernel classes, and the sweep's widths and product shapes."""
 
 import importlib.util
 import sys
@@ -33,3 +34,37 @@ def test_uniform_widths_and_fused_projections():
     torch.testing.assert_close(F.linear(x, fused[0]), torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], 1))
     torch.testing.assert_close(F.linear(x, fused[2]), torch.cat([mlp.gate_proj(x), mlp.up_proj(x)], 1))
     assert sum(w.numel() for w in fused) == sum(w.numel() for w in separate)
+
+
+def test_mlp_step_inductor_options_and_matmul_kernel_names():
+    probe = _module()
+    shape = dict(hidden_size=64, intermediate_size=512, num_hidden_layers=1, num_attention_heads=8,
+                 num_key_value_heads=4, vocab_size=128, max_position_embeddings=64)
+    assert probe.build(shape, 0.3, torch.device("cpu"), mlp_step=64).model.layers[0].mlp.up_proj.out_features == 384
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.epilogue_fusion
+    try:
+        probe.set_inductor_options([f"epilogue_fusion={not before}"])
+        assert inductor_config.epilogue_fusion is (not before)
+    finally:
+        inductor_config.epilogue_fusion = before
+    try:
+        probe.set_inductor_options(["no_such_option=1"])
+        raise AssertionError("an unknown inductor option was accepted")
+    except SystemExit as error:
+        assert "no_such_option" in str(error)
+    names = {"triton_red_fused__unsafe_view_mm_mul_silu_t_view_7": True, "nvjet_sm90_tst_256x128_64x4": True,
+             "triton_poi_fused_add_copy__20": False, "cudnn_generated_fort_native_sdpa_sm80": False}
+    assert {name: bool(probe.MATMUL_KERNELS.search(name)) for name in names} == names
+
+
+def test_width_sweep_widths_and_shapes():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("width_sweep", BENCH / "width_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.parse_widths("5120:5376:128") == [5120, 5248, 5376]
+    assert sweep.parse_widths("5504,8832") == [5504, 8832]
+    assert sweep.product_shape("mlp_in", 8832, 4096) == (8832, 4096)
+    assert sweep.product_shape("attn_out", 3328, 4096) == (4096, 3328)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from hywia.evaluate.speed import SpeedConfig, measure, non_embedding_parameters, speed_table
+from hywia.evaluate.speed import SpeedConfig, measure, non_embedding_parameters, speed_table, split_modes
 from hywia.errors import HywiaError
 from hywia.models.adapters import get_adapter
 from hywia.models.groups import ATTN, MLP
@@ -30,10 +30,10 @@ def per_layer_pruned(kind="llama-gqa"):
 def test_compiled_decode_on_a_static_cache_matches_eager_greedy_tokens(kind):
     model = per_layer_pruned(kind)  # per-layer KV widths: the static cache sizes each layer on first use
     config = SpeedConfig(prompt_len=6, new_tokens=4, batch_sizes=[1, 3], repeats=1, warmup=1,
-                         compile_mode="reduce-overhead", compile_backend="eager")
+                         compile_modes=["reduce-overhead"], compile_backend="eager")
     runs = measure(model, config)["runs"]
     for batch, run in runs.items():
-        compiled = run["compiled"]
+        compiled = run["compiled"]["reduce-overhead"]
         assert "error" not in compiled, compiled
         assert compiled["matches_eager"] and compiled["cache"] == "static"
         assert compiled["decode_tokens_per_s"] * compiled["decode_s"] == pytest.approx(int(batch) * 4)
@@ -42,19 +42,23 @@ def test_compiled_decode_on_a_static_cache_matches_eager_greedy_tokens(kind):
 
 def test_a_backend_that_fails_is_recorded_not_raised():
     config = SpeedConfig(prompt_len=4, new_tokens=2, batch_sizes=[1], repeats=1, warmup=0,
-                         compile_mode="default", compile_backend="no-such-backend")
+                         compile_modes=["default"], compile_backend="no-such-backend")
     run = measure(build_tiny("llama-mha"), config)["runs"]["1"]
-    assert "error" in run["compiled"] and run["decode_tokens_per_s"] > 0  # the eager numbers stand
+    assert "error" in run["compiled"]["default"] and run["decode_tokens_per_s"] > 0  # the eager numbers stand
     entry = {"label": "model", "model": "tiny", "device": "cpu", "dtype": "float32", "parameters": 10,
              "weight_bytes": 40, "macs": {"prefill": 1, "method": "m", "seq_len": 4}, "peak_memory_bytes": 0,
-             "peak_memory_method": "x", "runs": {"1": run}, "compile_mode": "default", "compile_backend": "no-such-backend"}
+             "peak_memory_method": "x", "runs": {"1": run}, "compile_modes": ["default"], "compile_backend": "no-such-backend"}
     table = speed_table([entry])
-    assert "| failed |" in table and "Failed:" in table
+    assert "| failed |" in table and "Failed: default: " in table
 
 
-def test_compile_mode_is_checked():
+def test_compile_modes_are_checked():
     with pytest.raises(HywiaError, match="--compile"):
-        SpeedConfig(compile_mode="fastest").validate()
+        SpeedConfig(compile_modes=["fastest"]).validate()
+    with pytest.raises(HywiaError, match="twice"):
+        SpeedConfig(compile_modes=split_modes("default, default")).validate()
+    assert split_modes(None) == [] and split_modes("reduce-overhead,max-autotune") == ["reduce-overhead",
+                                                                                      "max-autotune"]
 
 
 def test_ideal_speed_up_is_the_non_embedding_parameter_ratio():
@@ -86,5 +90,20 @@ def test_cli_bench_speed_with_compile(tiny_model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "compiled decode tok/s b=2" in printed and "| 1.00x |" in printed
     models = json.loads(out.read_text())["models"]
-    assert all(m["runs"][b]["compiled"]["matches_eager"] for m in models for b in ("1", "2"))
-    assert json.loads(out.read_text())["config"]["compile_mode"] == "reduce-overhead"
+    assert all(m["runs"][b]["compiled"]["reduce-overhead"]["matches_eager"] for m in models for b in ("1", "2"))
+    assert json.loads(out.read_text())["config"]["compile_modes"] == ["reduce-overhead"]
+
+
+def test_cli_bench_speed_measures_each_compile_mode(tiny_model_dir, tmp_path, capsys):
+    from hywia.cli import main
+
+    out = tmp_path / "speed.json"
+    code = main(["bench-speed", "--model", str(tiny_model_dir), "--dtype", "float32", "--prompt-len", "4",
+                 "--new-tokens", "2", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0",
+                 "--compile", "reduce-overhead,default", "--compile-backend", "eager", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "compiled decode tok/s b=1 (reduce-overhead)" in printed and "compiled decode tok/s b=1 (default)" in printed
+    compiled = json.loads(out.read_text())["models"][0]["runs"]["1"]["compiled"]
+    assert list(compiled) == ["reduce-overhead", "default"]
+    assert all(result["mode"] == mode and result["matches_eager"] for mode, result in compiled.items())

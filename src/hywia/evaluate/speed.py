@@ -16,10 +16,14 @@
   Prefill = one forward over ``batch x prompt_len`` tokens with the cache on; decode = ``new_tokens``
   single-token steps on that cache, tokens/s = batch x new_tokens / time. "eager": transformers' dynamic
   cache, one plain forward per token (what ``generate`` does, without its logits processors).
-* Compiled decode (``compile_mode`` set): a static KV cache (``StaticCache``, preallocated for
+* Compiled decode (``compile_modes`` given, one measurement per mode): a static KV cache (``StaticCache``, preallocated for
   prompt_len + new_tokens; per-layer pruned widths are fine, its layers size themselves on first use) and
   the decode step -- forward + greedy argmax -- through ``torch.compile`` (``reduce-overhead``: CUDA
-  graphs); its prefill is an eager forward into the static cache. The greedy tokens are checked against
+  graphs over cuBLAS products; ``max-autotune``: CUDA graphs over products autotuned per shape, Triton
+  templates included, a minute or more of compiling per model and batch size); its prefill is an eager
+  forward into the static cache. Which mode is faster depends on the shapes and the batch (on an H200 at
+  the LLaMA-7B shape: max-autotune at batch 1, reduce-overhead at batch 32; BENCHMARKS.md, issue 13),
+  hence several at once. The greedy tokens are checked against
   the eager run's. A failure to compile is recorded in the results (``error``), not raised.
 * Ideal speed-up of a pruned model: the ratio of *non-embedding* parameters (all but the input embedding
   table, which is a lookup; a tied LM head is counted), what a memory-bound decode reads per token.
@@ -45,6 +49,11 @@ from ..models.placement import input_device
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def split_modes(spec: str | None) -> list[str]:
+    """``--compile``'s value (``reduce-overhead,max-autotune``) as a list; none when not given."""
+    return [mode.strip() for mode in spec.split(",") if mode.strip()] if spec else []
+
+
 @dataclass
 class SpeedConfig:
     prompt_len: int = 128
@@ -53,7 +62,7 @@ class SpeedConfig:
     repeats: int = 5
     warmup: int = 2
     seed: int = 0
-    compile_mode: str | None = None  # e.g. "reduce-overhead" (CUDA graphs): also measure the compiled decode
+    compile_modes: list[str] = field(default_factory=list)  # e.g. ["reduce-overhead"]: also the compiled decode
     compile_backend: str = "inductor"  # "eager" checks the code path quickly (tests, CPUs without a compiler)
 
     def validate(self) -> None:
@@ -61,8 +70,12 @@ class SpeedConfig:
             raise HywiaError("--prompt-len, --new-tokens and --repeats must be >= 1, --warmup >= 0")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise HywiaError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
-        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise HywiaError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        for mode in self.compile_modes:
+            if mode not in COMPILE_MODES:
+                raise HywiaError(f"--compile takes modes among {', '.join(COMPILE_MODES)} (comma-separated), "
+                                 f"got {mode!r}")
+        if len(set(self.compile_modes)) != len(self.compile_modes):
+            raise HywiaError(f"--compile names a mode twice: {','.join(self.compile_modes)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,14 +183,14 @@ def _prefill_then_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -
 class CompiledDecoder:
     """Greedy decode on a static KV cache with the step compiled (module docstring); one per batch size."""
 
-    def __init__(self, model: nn.Module, batch: int, config: SpeedConfig):
+    def __init__(self, model: nn.Module, batch: int, config: SpeedConfig, mode: str = "reduce-overhead"):
         from transformers import StaticCache
 
         self.model, self.prompt_len = model, config.prompt_len
         self.cache_name = _cache_argument(model)
         self.cache = StaticCache(config=model.config, max_cache_len=config.prompt_len + config.new_tokens)
         torch._dynamo.reset()  # compile afresh for each model and batch size (no stale guards or caches)
-        mode = config.compile_mode if config.compile_backend == "inductor" else None  # modes are inductor's
+        mode = mode if config.compile_backend == "inductor" else None  # modes are inductor's
         self.step = torch.compile(self._step, mode=mode, backend=config.compile_backend, dynamic=False)
         self.batch = batch
 
@@ -218,12 +231,12 @@ def _greedy_tokens(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> torc
     return torch.cat(tokens, dim=1)
 
 
-def measure_compiled(model: nn.Module, ids: torch.Tensor, config: SpeedConfig) -> dict:
+def measure_compiled(model: nn.Module, ids: torch.Tensor, config: SpeedConfig, mode: str) -> dict:
     """Prefill and compiled-decode rates for one batch (median of ``repeats`` after at least one warm-up,
     which compiles), with ``matches_eager``: the greedy tokens equal the eager loop's."""
     batch = ids.shape[0]
     try:
-        decoder = CompiledDecoder(model, batch, config)
+        decoder = CompiledDecoder(model, batch, config, mode)
         for _ in range(max(1, config.warmup)):
             _, _, tokens = decoder.run(ids, config.new_tokens)
         times = [decoder.run(ids, config.new_tokens)[:2] for _ in range(config.repeats)]
@@ -233,7 +246,7 @@ def measure_compiled(model: nn.Module, ids: torch.Tensor, config: SpeedConfig) -
     prefill = statistics.median(t[0] for t in times)
     decode = statistics.median(t[1] for t in times)
     return {
-        "mode": config.compile_mode, "backend": config.compile_backend, "cache": "static",
+        "mode": mode, "backend": config.compile_backend, "cache": "static",
         "prefill_s": prefill, "decode_s": decode,
         "prefill_tokens_per_s": batch * config.prompt_len / prefill,
         "decode_tokens_per_s": batch * config.new_tokens / decode,
@@ -271,8 +284,9 @@ def measure(model: nn.Module, config: SpeedConfig) -> dict:
             "prefill_tokens_per_s": batch * config.prompt_len / prefill,
             "decode_tokens_per_s": batch * config.new_tokens / decode,
         }
-        if config.compile_mode is not None:
-            runs[str(batch)]["compiled"] = measure_compiled(model, ids, config)
+        if config.compile_modes:
+            runs[str(batch)]["compiled"] = {mode: measure_compiled(model, ids, config, mode)
+                                            for mode in config.compile_modes}
     return {"runs": runs, "peak_memory_bytes": peak_memory, "peak_memory_method": memory_method}
 
 
@@ -294,7 +308,7 @@ def bench_models(specs: list[tuple[str, str | None]], config: SpeedConfig, *, dt
             "parameters": count_parameters(model), "non_embedding_parameters": non_embedding_parameters(model),
             "weight_bytes": weight_bytes(model),
             "macs": count_macs(model, config.prompt_len),
-            "compile_mode": config.compile_mode, "compile_backend": config.compile_backend,
+            "compile_modes": list(config.compile_modes), "compile_backend": config.compile_backend,
             **measure(model, config),
         }
         results.append(entry)
@@ -309,11 +323,13 @@ def _ratio(value: float, base: float | None) -> str:
     return "" if not base else f" ({value / base:.2f}x)"
 
 
-def _compiled_cell(run: dict, other_run: dict | None) -> str:
-    compiled = run.get("compiled", {})
+def _compiled_cell(run: dict, other_run: dict | None, mode: str) -> str:
+    compiled = run.get("compiled", {}).get(mode, {})
     if "error" in compiled:
         return "failed"
-    base = (other_run or {}).get("compiled", {}).get("decode_tokens_per_s")
+    if not compiled:
+        return ""
+    base = (other_run or {}).get("compiled", {}).get(mode, {}).get("decode_tokens_per_s")
     mark = "" if compiled.get("matches_eager", True) else " (tokens differ)"
     return f"{compiled['decode_tokens_per_s']:,.0f}" + _ratio(compiled["decode_tokens_per_s"], base) + mark
 
@@ -323,11 +339,12 @@ def speed_table(results: list[dict]) -> str:
     the ideal speed-up (non-embedding parameter ratio) of the others and, when measured, the compiled decode."""
     base = results[0] if len(results) > 1 else None
     batches = list(results[0]["runs"])
-    compiled = any("compiled" in r["runs"][b] for r in results for b in batches)
+    modes = list(dict.fromkeys(mode for r in results for b in batches for mode in r["runs"][b].get("compiled", {})))
     header = ["model", "params (M)", "GMACs prefill", "weights (MB)", "peak mem (MB)"]
     header += ["ideal speed-up"] if base is not None else []
     header += [f"prefill tok/s b={b}" for b in batches] + [f"decode tok/s b={b}" for b in batches]
-    header += [f"compiled decode tok/s b={b}" for b in batches] if compiled else []
+    header += [f"compiled decode tok/s b={b}" + (f" ({mode})" if len(modes) > 1 else "")
+               for mode in modes for b in batches]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         other = base if base is not None and r is not base else None
@@ -345,8 +362,7 @@ def speed_table(results: list[dict]) -> str:
             for b in batches:
                 value = r["runs"][b][key]
                 cells.append(f"{value:,.0f}" + _ratio(value, other and other["runs"][b][key]))
-        if compiled:
-            cells += [_compiled_cell(r["runs"][b], other and other["runs"][b]) for b in batches]
+        cells += [_compiled_cell(r["runs"][b], other and other["runs"][b], mode) for mode in modes for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0]
     lines += ["", f"MACs: {first['macs']['method']} at {first['macs']['seq_len']} tokens. "
@@ -354,9 +370,10 @@ def speed_table(results: list[dict]) -> str:
     if base is not None:
         lines.append("Ideal speed-up: the dense model's non-embedding parameters over the model's (a memory-bound "
                      "decode reads each of them once per step).")
-    if compiled:
-        run = next(r["runs"][b]["compiled"] for r in results for b in batches if "compiled" in r["runs"][b])
-        lines.append(f"Compiled decode: static KV cache + torch.compile (mode {first.get('compile_mode')}, backend "
+    if modes:
+        failures = dict.fromkeys(f"{mode}: {compiled['error']}" for r in results for b in batches
+                                 for mode, compiled in r["runs"][b].get("compiled", {}).items() if "error" in compiled)
+        lines.append(f"Compiled decode: static KV cache + torch.compile (mode {', '.join(modes)}, backend "
                      f"{first.get('compile_backend')}); eager: dynamic cache, plain forwards."
-                     + (f" Failed: {run['error']}" if "error" in run else ""))
+                     + (f" Failed: {'; '.join(failures)}" if failures else ""))
     return "\n".join(lines)
