@@ -36,6 +36,9 @@
 #   bash bench/gpu_round.sh S   # issue 13: the compiled step with max-autotune, dense / 20% / 50%: GPU0 batch 1,
 #                               # GPU1 batch 32 (random shapes only, as R)
 #   bash bench/gpu_round.sh T   # S with inductor's prologue fusion off (the norm no longer recomputed per GEMM tile)
+#   bash bench/gpu_round.sh U   # issue 13, where the 7B prune's time goes: GPU0: hywia 20% twice in one process,
+#                               # profiled (coarse score apart, top operators) | GPU1: one run with the CUDA kernels
+#                               # loaded at start-up (CUDA_MODULE_LOADING=EAGER): is a first run's extra time loading?
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -214,6 +217,11 @@ case "$1" in
       part "$1" "t_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
         --batch-sizes "$2" --inductor prologue_fusion=False --json "$OUT/compiled_probe_autotune_noprologue_b$2.json"
     done
+    wait ;;
+  U)
+    part 0 u_profile13 420 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.2 --samples 10 --profile
+    part 1 u_eager_loading13 420 env CUDA_MODULE_LOADING=EAGER python bench/scale.py --shapes llama-7b --methods hywia \
+      --ratios 0.2 --samples 10
     wait ;;
   O)
     export OMP_NUM_THREADS=2

@@ -22,6 +22,9 @@ Examples:
     python bench/scale.py --tiny                            # a tiny shape on the CPU: checks the script
     python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --peak-trace   # what is alive at the peak
 
+``--profile`` times the compensated coarse score's calls apart (inside "scoring, other") and prints the prune's
+most expensive operators by GPU and by CPU time (``torch.profiler``) to stderr.
+
 ``--peak-trace`` records the CUDA allocator's history during the prune (``torch.cuda.memory``) and prints,
 for the moment the prune's allocations peaked, the live tensors grouped by the line of hywia that
 allocated them (``peak_allocations``): where the memory above the weights goes.
@@ -182,8 +185,36 @@ def peak_allocations(trace: list[dict], top: int = 12) -> dict:
     return {"peak_over_start_bytes": peak, "live_at_peak": [{"where": w, "bytes": b} for w, b in ranked]}
 
 
+@contextlib.contextmanager
+def profiled(clock: StageClock, enabled: bool):
+    """With ``enabled``: the compensated coarse scores timed as their own stage, and a ``torch.profiler`` run
+    whose top operators are printed to stderr at the end."""
+    if not enabled:
+        yield
+        return
+    import hywia.importance.hywia.method as hywia_method
+
+    scores = hywia_method.COMPENSATED_SCORES
+    originals = dict(scores)
+    for name, function in originals.items():
+        def timed(*args, _function=function, **kwargs):
+            with clock.stage("coarse score"):
+                return _function(*args, **kwargs)
+        scores[name] = timed
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if clock.cuda else [])
+    try:
+        with torch.profiler.profile(activities=activities) as profiler:
+            yield
+    finally:
+        scores.update(originals)
+    table = profiler.key_averages()
+    for key in (["self_cuda_time_total"] if clock.cuda else []) + ["self_cpu_time_total"]:
+        print(table.table(sort_by=key, row_limit=20, max_name_column_width=60), file=sys.stderr, flush=True)
+    print(f"  coarse score: {clock.seconds.get('coarse score', 0.0):.1f} s", file=sys.stderr, flush=True)
+
+
 def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.Tensor, *, device: str, dtype: str,
-            options: dict, peak_trace: bool = False) -> dict:
+            options: dict, peak_trace: bool = False, profile: bool = False) -> dict:
     from hywia import PruneConfig, load_model, prune, save_pruned
 
     clock = StageClock(torch.device(device))
@@ -195,7 +226,7 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     tracing = peak_trace and device.startswith("cuda")
     if tracing:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    with timed_pipeline(clock):
+    with timed_pipeline(clock), profiled(clock, profile):
         result = prune(loaded.model, None, config, calibration_ids=samples)
     fusion_step = (result.report.get("method_details") or {}).get("fusion_step")
     if fusion_step:
@@ -214,6 +245,8 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
         torch.cuda.empty_cache()
     seconds = dict(clock.seconds)
     seconds["scoring, other"] = seconds.pop("scoring", 0.0) - seconds.get("gradients", 0.0) - seconds.get("fusion", 0.0)
+    seconds.pop("coarse score", None)  # inside "scoring, other"; printed by ``profiled``
+    clock.peaks.pop("coarse score", None)
     peaks = dict(clock.peaks)
     peaks["scoring, other"] = peaks.pop("scoring", 0)
     return {"seconds": seconds, "peaks": peaks, "weight_bytes": weight_bytes, "trace": trace}
@@ -261,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="one tiny shape on the CPU, 4 samples of 16 tokens")
     parser.add_argument("--peak-trace", action="store_true",
                         help="CUDA: print the tensors live at the prune's memory peak, by allocating line")
+    parser.add_argument("--profile", action="store_true",
+                        help="time the coarse score apart and print the prune's top operators (stderr)")
     args = parser.parse_args(argv)
 
     if args.tiny:
@@ -289,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 for ratio in args.ratios:
                     out = Path(args.keep) / f"{shape_name}-{method}-{ratio:g}" if args.keep else scratch / "out"
                     timing = run_one(folder, out, method, ratio, samples, device=device, dtype=dtype, options=options,
-                                     peak_trace=args.peak_trace)
+                                     peak_trace=args.peak_trace, profile=args.profile)
                     print(row(shape_name, method, ratio, timing, cuda), flush=True)
                     if timing["trace"]:
                         trace = timing["trace"]
