@@ -118,3 +118,30 @@ def test_a_failed_removal_step_gives_one_clear_error(monkeypatch):
     x, weight = _problem(4, 1, seed=6)
     with pytest.raises(HywiaError, match="raise --hywia-coarse-damping"):
         sequential_scores(weight, x.T @ x, 4, 0.1, block=1)
+
+
+def test_block_unit_errors_equal_explicit_inverses_and_skip_removed_units():
+    """e_j = tr(W'_Cj [P]_CjCj^-1 W'_Cj^T) from the batched triangular solve equals an explicit inverse per
+    block; removed units (zeroed rows and columns, as the removal leaves them) come out as inf, not NaN."""
+    from hywia.importance.sequential import unit_errors
+
+    torch.manual_seed(4)
+    units, size, d_out = 5, 3, 7
+    a = torch.randn(units * size, 40, dtype=torch.float64)
+    inverse = a @ a.T + 0.5 * torch.eye(units * size, dtype=torch.float64)
+    weight_t = torch.randn(units * size, d_out, dtype=torch.float64)
+    present = torch.tensor([True, False, True, True, False])
+    for unit in (1, 4):
+        columns = slice(unit * size, (unit + 1) * size)
+        inverse[columns] = 0.0
+        inverse[:, columns] = 0.0
+        weight_t[columns] = 0.0
+    errors = unit_errors(weight_t, inverse, present, size)
+    for unit in range(units):
+        columns = slice(unit * size, (unit + 1) * size)
+        if not present[unit]:
+            assert errors[unit] == math.inf
+            continue
+        w = weight_t[columns].T  # W'_Cj [d_out, s]
+        expected = torch.trace(w @ torch.linalg.inv(inverse[columns, columns]) @ w.T)
+        assert float(errors[unit]) == pytest.approx(float(expected), rel=1e-10)

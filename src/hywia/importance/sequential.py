@@ -49,19 +49,24 @@ def unit_errors(weight_t: torch.Tensor, inverse: torch.Tensor, present: torch.Te
 
     W' is read once, by a reduction (no gathered copy of it: at 7B scale a copy moved as many bytes per step
     as the update of the inverse): row norms for single columns, the small Grams W'_Cj W'_Cj^T for blocks, so
-    that e_j = sum([P]_CjCj^-1 o W'_Cj W'_Cj^T) needs only |C_j| x |C_j| inverses."""
+    that e_j = sum([P]_CjCj^-1 o W'_Cj W'_Cj^T) needs only |C_j| x |C_j| inverses.
+
+    Blocks: [P]_CjCj^-1 = L^-T L^-1 with L^-1 from one batched triangular solve (cuBLAS), not
+    ``torch.cholesky_inverse``, which on CUDA inverts a batch one block at a time through MAGMA's potri, a
+    hybrid CPU/GPU routine that synchronises: in a 7B profile it took more GPU time than the rank updates.
+    Removed units' blocks (zero) are factored as identities and masked after, so no step waits on the host."""
     units = present.numel()
     if size == 1:
         errors = torch.linalg.vector_norm(weight_t, dim=1).square_().div_(inverse.diagonal())
         return errors.masked_fill_(~present, math.inf)  # removed units: 0 / 0
-    errors = torch.full((units,), math.inf, dtype=torch.float64, device=inverse.device)
-    index = present.nonzero().squeeze(1)
-    blocks = diagonal_blocks(inverse, size)[index]  # [u, s, s]
+    eye = torch.eye(size, dtype=inverse.dtype, device=inverse.device)
+    blocks = torch.where(present[:, None, None], diagonal_blocks(inverse, size), eye)  # [u, s, s]
     w = weight_t.view(units, size, -1)
-    grams = (w @ w.mT)[index]  # [u, s, s]
-    factors = torch.linalg.cholesky_ex(blocks).L
-    errors[index] = (torch.cholesky_inverse(factors) * grams).sum(dim=(1, 2))
-    return errors
+    grams = w @ w.mT  # [u, s, s]
+    inverse_factors = torch.linalg.solve_triangular(torch.linalg.cholesky_ex(blocks).L, eye.expand_as(blocks),
+                                                    upper=False)  # L^-1
+    errors = ((inverse_factors @ grams) * inverse_factors).sum(dim=(1, 2))  # tr(L^-1 G L^-T)
+    return errors.masked_fill_(~present, math.inf)
 
 
 def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, damping: float, *,
@@ -97,7 +102,7 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         errors = unit_errors(weight_t, inverse, present, size)
         take = min(block, remaining)
         smallest, chosen = torch.topk(errors, take, largest=False)
-        scores[alive[chosen]] = smallest + removed_error
+        scores.index_copy_(0, alive[chosen], smallest + removed_error)
         columns = chosen if size == 1 else (chosen[:, None] * size + offsets).reshape(-1)
         # [P_CB,: | W'_CB^T]: one triangular solve serves the update of the inverse and of W'
         rows = torch.cat((inverse.index_select(0, columns), weight_t.index_select(0, columns)), dim=1)
@@ -109,7 +114,7 @@ def sequential_scores(weight: torch.Tensor, gram: torch.Tensor, num_units: int, 
         inverse.addmm_(across.T, solved[:, :d_held], alpha=-1)
         weight_t.index_fill_(0, columns, 0.0)
         inverse.index_fill_(0, columns, 0.0).index_fill_(1, columns, 0.0)
-        present[chosen] = False
+        present.index_fill_(0, chosen, False)  # (present[chosen] = False copies a host tensor over each step)
         remaining -= take
     if not torch.isfinite(scores).all():
         raise HywiaError("sequential coarse score: a removal step was not positive definite; raise --hywia-coarse-damping")
