@@ -39,6 +39,8 @@
 #   bash bench/gpu_round.sh U   # issue 13, where the 7B prune's time goes: GPU0: hywia 20% twice in one process,
 #                               # profiled (coarse score apart, top operators) | GPU1: one run with the CUDA kernels
 #                               # loaded at start-up (CUDA_MODULE_LOADING=EAGER): is a first run's extra time loading?
+#   bash bench/gpu_round.sh V   # issue 13 after the head blocks' batched triangular solve: GPU0: 7B hywia 20% twice
+#                               # + 50% | GPU1: the small solves' formulations, the sequential score at 7B (profiled)
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -222,6 +224,11 @@ case "$1" in
     part 0 u_profile13 420 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.2 --samples 10 --profile
     part 1 u_eager_loading13 420 env CUDA_MODULE_LOADING=EAGER python bench/scale.py --shapes llama-7b --methods hywia \
       --ratios 0.2 --samples 10
+    wait ;;
+  V)
+    part 0 v_scale13 500 python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 0.2 0.5 --samples 10
+    part 1 v_solves13 500 bash -c "python bench/small_solves.py; python bench/gram_space.py --device cuda \
+      --part sequential --d-model 8192 --d-mlp-sequential 11008 --d-out-sequential 4096 --profile"
     wait ;;
   O)
     export OMP_NUM_THREADS=2
