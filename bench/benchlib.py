@@ -65,3 +65,31 @@ def record(kind: str, label: str, title: str, started: float, details: str, tabl
     body = (f"Command: `{command_line()}`\n\nMachine: {machine()}\n\nDate: {now()}; wall time "
             f"{time.time() - started:.0f} s; {details}\n\n{table}\n")
     print(f"section {kind}:{label} written to {write_section(f'{kind}:{label}', f'{title}: {label}', body)}")
+
+
+def graph_replay_seconds(run, warmups: int = 2, replays: int = 20) -> float:
+    """Median wall seconds of one replay of ``run()`` (GPU work, no host syncs) captured as a CUDA graph,
+    after ``warmups`` eager calls on a side stream (what capture needs; Triton compiles and autotunes there)."""
+    import statistics
+
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            outputs = run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    del outputs, graph
+    return statistics.median(times)

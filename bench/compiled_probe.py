@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import graph_replay_seconds  # noqa: E402
 from scale import SHAPES  # noqa: E402
 
 from hywia.evaluate.speed import CompiledDecoder, SpeedConfig, non_embedding_parameters  # noqa: E402
@@ -127,25 +128,9 @@ def linears_graph_ms(model: nn.Module, batch: int, fused: bool = False, replays:
     """Milliseconds of every projection of ``model`` as bare F.linear calls, replayed in one CUDA graph."""
     weights = projection_weights(model, fused)
     inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights]
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            outputs = [F.linear(x, w) for x, w in zip(inputs, weights)]
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = [F.linear(x, w) for x, w in zip(inputs, weights)]
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    del outputs, graph, weights
-    return statistics.median(times) * 1e3
+    seconds = graph_replay_seconds(lambda: [F.linear(x, w) for x, w in zip(inputs, weights)], replays=replays)
+    del weights
+    return seconds * 1e3
 
 
 def linears_only(model: nn.Module, batch: int, args) -> dict:

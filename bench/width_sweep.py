@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import graph_replay_seconds  # noqa: E402
 
 KINDS = ("mlp_in", "mlp_out", "attn_in", "attn_out")
 
@@ -59,25 +61,10 @@ def time_product(out_features: int, in_features: int, batch: int, copies: int, r
     weights = [torch.randn(out_features, in_features, dtype=torch.bfloat16, device="cuda") * 0.02
                for _ in range(copies)]
     x = torch.randn(batch, in_features, dtype=torch.bfloat16, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up (and, for Triton, compile + autotune) outside the capture
-            outputs = [linear(x, w) for w in weights]
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = [linear(x, w) for w in weights]
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    del outputs, graph, weights
-    return statistics.median(times) / copies
+    # three warm-ups: for Triton, the compile and autotune happen there, outside the capture
+    seconds = graph_replay_seconds(lambda: [linear(x, w) for w in weights], warmups=3, replays=replays)
+    del weights
+    return seconds / copies
 
 
 def sweep(args) -> list[dict]:
