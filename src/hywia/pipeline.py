@@ -38,7 +38,7 @@ from .importance.registry import top_units
 from .models import count_embedding_parameters, count_parameters
 from .models.adapters import LAYER_WIDTHS_KEY, OUTPUT_BIAS_KEY, get_adapter
 from .models.groups import GroupSet
-from .models.placement import input_device
+from .models.placement import input_device, pruning_attention
 from .models.surgery import apply_keep
 from .reconstruct import check_damping, reconstruct
 from .report import build_report
@@ -241,7 +241,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
                              config.reconstruct_damping if config.reconstruct else None)
     stages = {"setup": time.perf_counter() - started}
     clock = time.perf_counter()
-    scored = score(config.method, context)
+    with pruning_attention(input_device(model)):
+        scored = score(config.method, context)
     stages["scoring"], clock = time.perf_counter() - clock, time.perf_counter()
     if allocation is None:
         allocation = allocate_scored(config.allocation, budgets, scored.scores, target_ratio, params_before)
@@ -253,8 +254,9 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, *, calibration_ids: 
         scored.before_surgery(keep)
     rebuilt, added = None, 0
     if config.reconstruct:
-        rebuilt = reconstruct(model, adapter, keep, rec_samples, damping=config.reconstruct_damping,
-                              with_bias=with_bias, batch_size=config.batch_size, progress=config.progress)
+        with pruning_attention(input_device(model)):
+            rebuilt = reconstruct(model, adapter, keep, rec_samples, damping=config.reconstruct_damping,
+                                  with_bias=with_bias, batch_size=config.batch_size, progress=config.progress)
     stages["reconstruction"], clock = time.perf_counter() - clock, time.perf_counter()
     widths_after = apply_keep(model, adapter, keep)
     params_after = count_parameters(model)

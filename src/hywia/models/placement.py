@@ -1,6 +1,9 @@
-"""Where a model takes its input: with accelerate's device_map the layers may sit on several devices."""
+"""Where a model takes its input: with accelerate's device_map the layers may sit on several devices; and which
+attention kernels the pruning passes run on a GPU."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -40,3 +43,18 @@ def describe_placement(model: nn.Module) -> str:
 
 def _device_name(device: str) -> str:
     return f"cuda:{device}" if device.isdigit() else device
+
+
+def pruning_attention(device: torch.device | str):
+    """Context for the pruning passes (gradients, fusion, layer-wise statistics, reconstruction): on CUDA, SDPA
+    picks among the flash, memory-efficient and math kernels, not cuDNN's; elsewhere nothing changes.
+
+    cuDNN's attention, torch's first choice on Hopper GPUs, builds an execution plan on the CPU for each new
+    shape and direction (hundreds of milliseconds each, paid again in every fresh process) and costs CPU time
+    per call; these passes run few calls, of a few shapes, once per process (torchtune #1652 reports the same
+    first-call overhead on H100)."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
