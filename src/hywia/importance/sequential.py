@@ -52,9 +52,9 @@ def unit_errors(weight_t: torch.Tensor, inverse: torch.Tensor, present: torch.Te
     that e_j = sum([P]_CjCj^-1 o W'_Cj W'_Cj^T) needs only |C_j| x |C_j| inverses.
 
     Blocks: [P]_CjCj^-1 = L^-T L^-1 with L^-1 from one batched triangular solve (cuBLAS), not
-    ``torch.cholesky_inverse``, which on CUDA inverts a batch one block at a time through MAGMA's potri, a
-    hybrid CPU/GPU routine that synchronises: in a 7B profile it took more GPU time than the rank updates.
-    Removed units' blocks (zero) are factored as identities and masked after, so no step waits on the host."""
+    ``torch.cholesky_inverse``, which on CUDA inverts a batch one block at a time (MAGMA's potri, or cuSOLVER's
+    potrs against an identity): in a 7B profile about as much GPU time as the rank updates. Removed units'
+    blocks (zero) are factored as identities and masked after: no ``nonzero``, so no step waits on the host."""
     units = present.numel()
     if size == 1:
         errors = torch.linalg.vector_norm(weight_t, dim=1).square_().div_(inverse.diagonal())
