@@ -17,6 +17,7 @@ through ``models.surgery.apply_keep``, the pruning pipeline's own surgery); rand
     source bench/device_env.sh && python bench/compiled_probe.py --shape llama-7b --ratios 0 0.2 0.5 \
         --batch-sizes 1 32 --json $OUT/compiled_probe.json
     python bench/compiled_probe.py --linears-only    # the projections alone: separate vs fused q/k/v, gate/up
+    python bench/compiled_probe.py --compile-mode max-autotune --batch-sizes 1   # products autotuned per shape
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def probe(model: nn.Module, batch: int, args) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - \
         model.get_input_embeddings().weight.numel() * 2
     return {
-        "batch": batch, "compile_s": compile_s, "step_ms": step_ms,
+        "batch": batch, "compile_mode": args.compile_mode, "inductor": args.inductor, "compile_s": compile_s,
+        "step_ms": step_ms,
         "kernels_per_step": per_step["kernels_total"], "kernel_ms_per_step": per_step["kernel_ms_total"],
         "matmul_kernels_per_step": per_step["matmul_kernels_total"],
         "matmul_ms_per_step": per_step["matmul_ms_total"],
