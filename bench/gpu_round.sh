@@ -206,18 +206,12 @@ case "$1" in
       python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.5 --batch-sizes 1 \
       --json $OUT/compiled_probe_autotune.json"
     wait ;;
-  S)
+  S|T)
+    if [ "$1" = S ]; then tag=s; name=autotune; inductor=""; else tag=t; name=autotune_noprologue; inductor=prologue_fusion=False; fi
     for gpu_batch in "0 1" "1 32"; do
       set -- $gpu_batch
-      part "$1" "s_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
-        --batch-sizes "$2" --json "$OUT/compiled_probe_autotune_b$2.json"
-    done
-    wait ;;
-  T)
-    for gpu_batch in "0 1" "1 32"; do
-      set -- $gpu_batch
-      part "$1" "t_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
-        --batch-sizes "$2" --inductor prologue_fusion=False --json "$OUT/compiled_probe_autotune_noprologue_b$2.json"
+      part "$1" "${tag}_autotune_b$2" 560 python bench/compiled_probe.py --compile-mode max-autotune --ratios 0 0.2 0.5 \
+        --batch-sizes "$2" --inductor $inductor --json "$OUT/compiled_probe_${name}_b$2.json"
     done
     wait ;;
   U)

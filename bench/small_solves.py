@@ -17,6 +17,8 @@ import statistics
 
 import torch
 
+from hywia.reconstruct.ridge import factor_solve
+
 
 def spd(batch: int, size: int, device) -> torch.Tensor:
     a = torch.randn(batch, size, 2 * size, dtype=torch.float64, device=device)
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     block, rhs = spd(1, 43, device)[0], torch.randn(43, 15104, dtype=torch.float64, device=device)
     variants = {
         "cholesky_ex + cholesky_solve": lambda: torch.cholesky_solve(rhs, torch.linalg.cholesky_ex(block).L),
-        "cholesky_ex + two triangular solves": lambda: _two_tri(block, rhs),
+        "cholesky_ex + two triangular solves": lambda: factor_solve(torch.linalg.cholesky_ex(block).L, rhs),
         "inv_ex @ rhs": lambda: torch.linalg.inv_ex(block).inverse @ rhs,
         "cholesky_ex only": lambda: torch.linalg.cholesky_ex(block).L,
         "cholesky_ex batched (1)": lambda: torch.linalg.cholesky_ex(block[None]).L,
@@ -84,11 +86,6 @@ def main(argv=None) -> int:
 def _tri(blocks, grams, eye):
     inverse_factor = torch.linalg.solve_triangular(torch.linalg.cholesky_ex(blocks).L, eye, upper=False)
     return (inverse_factor.mT @ inverse_factor * grams).sum((1, 2))
-
-
-def _two_tri(block, rhs):
-    factor = torch.linalg.cholesky_ex(block).L
-    return torch.linalg.solve_triangular(factor.mT, torch.linalg.solve_triangular(factor, rhs, upper=False), upper=True)
 
 
 if __name__ == "__main__":
