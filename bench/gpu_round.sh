@@ -41,6 +41,10 @@
 #                               # loaded at start-up (CUDA_MODULE_LOADING=EAGER): is a first run's extra time loading?
 #   bash bench/gpu_round.sh V   # issue 13 after the head blocks' batched triangular solve: GPU0: 7B hywia 20% twice
 #                               # + 50% | GPU1: the small solves' formulations, the sequential score at 7B (profiled)
+#   bash bench/gpu_round.sh W   # issue 13, --device auto over both GPUs (random shapes, no staging): LLaMA-13B and
+#                               # Llama-3-8B, hywia and flap 20%, per-GPU peaks, each output reloaded (logits compared)
+#   bash bench/gpu_round.sh X   # issue 13, --device auto end to end on SmolLM2 (bench/multi_gpu.sh: prune, eval,
+#                               # reload vs one GPU); needs the staged model, data and wheels (device_env.sh)
 #   bash bench/gpu_round.sh O   # issue-12 LM rows of seeds 1 and 2: one process per (seed, ratio), three methods each
 # Every part is a command of its own; this file only runs two of them side by side.
 set -u
@@ -224,6 +228,12 @@ case "$1" in
     part 1 v_solves13 500 bash -c "python bench/small_solves.py; python bench/gram_space.py --device cuda \
       --part sequential --d-model 8192 --d-mlp-sequential 11008 --d-out-sequential 4096 --profile"
     wait ;;
+  W)
+    ( timeout 560 python bench/scale.py --device auto --shapes llama-13b llama-3-8b --methods hywia flap --ratios 0.2 \
+      --samples 10 --check-reload > "$OUT/w_auto13.log" 2>&1; echo "exit $? after ${SECONDS}s" >> "$OUT/w_auto13.log" ) ;;
+  X)
+    ( timeout 560 bash bench/multi_gpu.sh "$OUT" > "$OUT/x_multi_gpu13.log" 2>&1
+      echo "exit $? after ${SECONDS}s" >> "$OUT/x_multi_gpu13.log" ) ;;
   O)
     export OMP_NUM_THREADS=2
     for seed in 1 2; do

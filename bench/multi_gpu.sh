@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # --device auto end to end on a machine with 2+ GPUs (after `source bench/device_env.sh`; see DEVICE.md).
 # Prints where each model sits and the same numbers as the single-GPU runs in BENCHMARKS.md, to compare.
-# Not run yet: no machine with 2+ GPUs was lent (2026-11-29); bench/split_devices.py covered the paths.
+# First run: BENCHMARKS.md, issue 13 (2 x H200, 2026-11-30); bench/split_devices.py covers the same paths on one GPU.
 # Usage: bash bench/multi_gpu.sh OUTDIR
 out=$1
 nvidia-smi --query-gpu=index,name --format=csv,noheader
@@ -15,7 +15,7 @@ python - <<'PY'
 import torch
 import hywia
 from hywia.calibration.texts import DEFAULT_EVALUATION, load_text, tokenize
-from hywia.placement import describe_placement, input_device
+from hywia.models.placement import describe_placement, input_device
 
 spread = hywia.load_model("/tmp/auto20", dtype="float32", device="auto").model
 single = hywia.load_model("/tmp/auto20", dtype="float32", device="cuda:0").model

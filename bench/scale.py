@@ -57,27 +57,37 @@ STAGES = ("load", "gradients", "fusion", "scoring, other", "reconstruction", "su
 
 
 class StageClock:
-    """Seconds and peak allocated CUDA memory per stage; stages may nest (an outer stage's peak includes its
-    inner stages', its time too: ``scoring`` minus ``gradients`` and ``fusion`` is ``scoring, other``)."""
+    """Seconds and peak allocated CUDA memory per stage, per GPU; stages may nest (an outer stage's peak includes
+    its inner stages', its time too: ``scoring`` minus ``gradients`` and ``fusion`` is ``scoring, other``).
+    ``peaks[stage]`` is the largest per-GPU peak; ``device_peaks[stage][i]`` the peak on ``devices[i]``."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.device = device
+    def __init__(self, devices: list[torch.device]):
+        self.devices = [d for d in devices if d.type == "cuda"]
+        self.cuda = bool(self.devices)
         self.seconds: dict[str, float] = {}
-        self.peaks: dict[str, int] = {}
+        self.device_peaks: dict[str, list[int]] = {}
         self.open: list[str] = []
 
+    @property
+    def peaks(self) -> dict[str, int]:
+        return {stage: max(peaks) for stage, peaks in self.device_peaks.items()}
+
     def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
+        for device in self.devices:
+            torch.cuda.synchronize(device)
+
+    def _record(self, stages, peaks: list[int]) -> None:
+        for stage in stages:
+            old = self.device_peaks.get(stage, [0] * len(peaks))
+            self.device_peaks[stage] = [max(a, b) for a, b in zip(old, peaks)]
 
     @contextlib.contextmanager
     def stage(self, name: str):
         self._sync()
         if self.cuda:  # what the enclosing stages reached so far, then a fresh peak for this one
-            for outer in self.open:
-                self.peaks[outer] = max(self.peaks.get(outer, 0), torch.cuda.max_memory_allocated(self.device))
-            torch.cuda.reset_peak_memory_stats(self.device)
+            self._record(self.open, [torch.cuda.max_memory_allocated(d) for d in self.devices])
+            for device in self.devices:
+                torch.cuda.reset_peak_memory_stats(device)
         self.open.append(name)
         started = time.perf_counter()
         try:
@@ -87,9 +97,7 @@ class StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
             self.open.pop()
             if self.cuda:
-                peak = torch.cuda.max_memory_allocated(self.device)
-                for stage in (name, *self.open):
-                    self.peaks[stage] = max(self.peaks.get(stage, 0), peak)
+                self._record((name, *self.open), [torch.cuda.max_memory_allocated(d) for d in self.devices])
 
     def wrap(self, module, attribute: str, name: str):
         """Time every call of ``module.attribute`` as stage ``name`` (until ``restore``)."""
@@ -213,17 +221,42 @@ def profiled(clock: StageClock, enabled: bool):
     print(f"  coarse score: {clock.seconds.get('coarse score', 0.0):.1f} s", file=sys.stderr, flush=True)
 
 
-def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.Tensor, *, device: str, dtype: str,
-            options: dict, peak_trace: bool = False, profile: bool = False) -> dict:
-    from hywia import PruneConfig, load_model, prune, save_pruned
+def clock_devices(device: str) -> list[torch.device]:
+    """The GPUs a run may use: all visible ones for ``auto``, else the one named (none on the CPU)."""
+    if device == "auto":
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device(device if ":" in device or device == "cpu" else f"{device}:0")]
 
-    clock = StageClock(torch.device(device))
+
+def weight_bytes_per_device(model, devices: list[torch.device]) -> list[int]:
+    """Parameter bytes on each of ``devices`` (one entry for the CPU run: all of them)."""
+    if not any(d.type == "cuda" for d in devices):
+        return [sum(p.numel() * p.element_size() for p in model.parameters())]
+    return [sum(p.numel() * p.element_size() for p in model.parameters() if p.device == d) for d in devices]
+
+
+@torch.no_grad()
+def check_logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Logits on ``ids`` (on the CPU, float32) and their mean next-token loss, wherever the model sits."""
+    from hywia.models.placement import input_device
+
+    logits = model(input_ids=ids.to(input_device(model))).logits.float().cpu()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    return logits, float(loss)
+
+
+def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.Tensor, *, device: str, dtype: str,
+            options: dict, peak_trace: bool = False, profile: bool = False, check_reload: bool = False) -> dict:
+    from hywia import PruneConfig, load_model, prune, save_pruned
+    from hywia.models.placement import describe_placement
+
+    clock = StageClock(clock_devices(device))
     with clock.stage("load"):
         loaded = load_model(str(folder), dtype=dtype, device=device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    weights = weight_bytes_per_device(loaded.model, clock.devices or [torch.device("cpu")])
     config = PruneConfig(ratio=ratio, method=method, progress=False, num_samples=len(samples),
                          seq_len=samples.shape[1], method_options=options.get(method, {}))
-    tracing = peak_trace and device.startswith("cuda")
+    tracing = peak_trace and clock.cuda
     if tracing:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
     with timed_pipeline(clock), profiled(clock, profile):
@@ -235,21 +268,36 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     if tracing:
         snapshot = torch.cuda.memory._snapshot()
         torch.cuda.memory._record_memory_history(enabled=None)
-        index = torch.device(device).index or 0
-        trace = peak_allocations(snapshot["device_traces"][index])
+        trace = peak_allocations(snapshot["device_traces"][clock.devices[0].index or 0])
+    reload = None
+    if check_reload:  # a fixed batch through the pruned model in memory, then through its reloaded copy
+        ids = torch.randint(0, loaded.model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(1))
+        before, loss = check_logits(loaded.model, ids)
+        reload = {"placement": describe_placement(loaded.model), "loss": loss}
     with clock.stage("save"):
-        save_pruned(loaded.model, None, out, result.report, overwrite=True)
+        save_pruned(loaded.model, loaded.tokenizer, out, result.report, overwrite=True)
     del loaded, result
     gc.collect()
-    if device.startswith("cuda"):
+    if clock.cuda:
         torch.cuda.empty_cache()
+    if check_reload:
+        started = time.perf_counter()
+        reloaded = load_model(str(out), dtype=dtype, device=device).model
+        reload["seconds"] = time.perf_counter() - started
+        after, reload["reloaded_loss"] = check_logits(reloaded, ids)
+        reload["reloaded_placement"] = describe_placement(reloaded)
+        reload["max_abs_logit_diff"] = float((after - before).abs().max())
+        del reloaded
+        gc.collect()
+        if clock.cuda:
+            torch.cuda.empty_cache()
     seconds = dict(clock.seconds)
     seconds["scoring, other"] = seconds.pop("scoring", 0.0) - seconds.get("gradients", 0.0) - seconds.get("fusion", 0.0)
     seconds.pop("coarse score", None)  # inside "scoring, other"; printed by ``profiled``
-    clock.peaks.pop("coarse score", None)
-    peaks = dict(clock.peaks)
-    peaks["scoring, other"] = peaks.pop("scoring", 0)
-    return {"seconds": seconds, "peaks": peaks, "weight_bytes": weight_bytes, "trace": trace}
+    device_peaks = {stage: peaks for stage, peaks in clock.device_peaks.items() if stage != "coarse score"}
+    device_peaks["scoring, other"] = device_peaks.pop("scoring", [0] * len(weights))
+    return {"seconds": seconds, "device_peaks": device_peaks, "weight_bytes": weights,
+            "devices": [str(d) for d in clock.devices], "trace": trace, "reload": reload}
 
 
 def header() -> str:
@@ -258,24 +306,53 @@ def header() -> str:
     return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
 
 
+def _worst_ratio(timing: dict, stages) -> float:
+    """The largest per-GPU peak over that GPU's own weight bytes, over ``stages``."""
+    ratios = [peak / weights for stage in stages for peak, weights in
+              zip(timing["device_peaks"].get(stage, []), timing["weight_bytes"]) if weights]
+    return max(ratios, default=0.0)
+
+
 def row(shape: str, method: str, ratio: float, timing: dict, cuda: bool) -> str:
+    """One markdown row; on several GPUs the memory cells are the largest GPU's (``device_lines`` has each)."""
     cells = [shape, method, f"{ratio:.0%}"]
+    peaks = {stage: max(values) for stage, values in timing["device_peaks"].items()}
     for stage in STAGES:
         if stage not in timing["seconds"] or timing["seconds"][stage] < 0:
             cells.append("-")
             continue
-        memory = f" ({timing['peaks'].get(stage, 0) / 2**30:.1f})" if cuda else ""
+        memory = f" ({peaks.get(stage, 0) / 2**30:.1f})" if cuda else ""
         cells.append(f"{timing['seconds'][stage]:.1f}{memory}")
     cells.append(f"{sum(v for v in timing['seconds'].values() if v > 0):.1f}")
-    peak = max(timing["peaks"].values(), default=0)
     pruning = [stage for stage in STAGES if stage not in ("load", "save") and timing["seconds"].get(stage, -1) >= 0]
-    prune_peak = max((timing["peaks"].get(stage, 0) for stage in pruning), default=0)
-    weights = timing["weight_bytes"]
-    cells.append(f"{peak / 2**30:.1f}" if cuda else "-")
-    cells.append(f"{peak / weights:.2f}x" if cuda else "-")
+    cells.append(f"{max(peaks.values(), default=0) / 2**30:.1f}" if cuda else "-")
+    cells.append(f"{_worst_ratio(timing, list(peaks)):.2f}x" if cuda else "-")
     cells.append(f"{sum(timing['seconds'][stage] for stage in pruning):.1f}")
-    cells.append(f"{prune_peak / weights:.2f}x" if cuda else "-")
+    cells.append(f"{_worst_ratio(timing, pruning):.2f}x" if cuda else "-")
     return "| " + " | ".join(cells) + " |"
+
+
+def device_lines(timing: dict) -> list[str]:
+    """Per GPU (several GPUs only): its weights, its peak while pruning and over the whole run, and the ratios."""
+    if len(timing["devices"]) < 2:
+        return []
+    pruning = [stage for stage in STAGES if stage not in ("load", "save") and timing["seconds"].get(stage, -1) >= 0]
+    lines = []
+    for i, (device, weights) in enumerate(zip(timing["devices"], timing["weight_bytes"])):
+        prune_peak = max((timing["device_peaks"].get(stage, [0] * (i + 1))[i] for stage in pruning), default=0)
+        run_peak = max(values[i] for values in timing["device_peaks"].values())
+        ratio = f"{prune_peak / weights:.2f}x" if weights else "-"
+        lines.append(f"  {device}: weights {weights / 2**30:.1f} GB, prune peak {prune_peak / 2**30:.1f} GB ({ratio}), "
+                     f"run peak {run_peak / 2**30:.1f} GB")
+    return lines
+
+
+def reload_line(reload: dict | None) -> str:
+    if not reload:
+        return ""
+    return (f"  reload ({reload['seconds']:.1f} s, {reload['reloaded_placement']}; pruned in memory: "
+            f"{reload['placement']}): max |logit difference| {reload['max_abs_logit_diff']:.2e}, mean loss on "
+            f"2 x 64 random ids {reload['loss']:.4f} -> {reload['reloaded_loss']:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="one tiny shape on the CPU, 4 samples of 16 tokens")
     parser.add_argument("--peak-trace", action="store_true",
                         help="CUDA: print the tensors live at the prune's memory peak, by allocating line")
+    parser.add_argument("--device", choices=("cuda", "auto"), default="cuda",
+                        help="one GPU (cuda, default) or all visible GPUs through accelerate (auto); "
+                             "per-GPU peaks are printed under each row")
+    parser.add_argument("--check-reload", action="store_true",
+                        help="reload each output (hywia.load_model, same device) and compare logits on a fixed batch")
     parser.add_argument("--profile", action="store_true",
                         help="time the coarse score apart and print the prune's top operators (stderr)")
     args = parser.parse_args(argv)
@@ -306,26 +388,29 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("bench/scale.py needs a CUDA GPU (or --tiny)", file=sys.stderr)
             return 2
-        shapes, device, dtype = {name: SHAPES[name] for name in args.shapes}, "cuda", "bfloat16"
+        shapes, device, dtype = {name: SHAPES[name] for name in args.shapes}, args.device, "bfloat16"
     hywia = {"steps": args.hywia_steps} if args.hywia_steps is not None else {}
     hywia.update({"graph": args.hywia_graph} if args.hywia_graph is not None else {})
     options = {"hywia": hywia} if hywia else {}
-    cuda = device == "cuda"
+    cuda = device != "cpu"
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="hywia-scale-"))
     print(header(), flush=True)
     try:
         for shape_name, shape in shapes.items():
             folder = Path(args.keep) / shape_name if args.keep else scratch / shape_name
             if not (folder / "config.json").is_file():
-                write_random_model(shape, folder, getattr(torch, dtype), torch.device(device))
+                write_random_model(shape, folder, getattr(torch, dtype), torch.device("cuda" if cuda else "cpu"))
             samples = torch.randint(0, shape["vocab_size"], (args.samples, args.seq_len),
                                     generator=torch.Generator().manual_seed(0))
             for method in args.methods:
                 for ratio in args.ratios:
                     out = Path(args.keep) / f"{shape_name}-{method}-{ratio:g}" if args.keep else scratch / "out"
                     timing = run_one(folder, out, method, ratio, samples, device=device, dtype=dtype, options=options,
-                                     peak_trace=args.peak_trace, profile=args.profile)
+                                     peak_trace=args.peak_trace, profile=args.profile, check_reload=args.check_reload)
                     print(row(shape_name, method, ratio, timing, cuda), flush=True)
+                    for line in device_lines(timing) + [reload_line(timing["reload"])]:
+                        if line:
+                            print(line, flush=True)
                     if timing["trace"]:
                         trace = timing["trace"]
                         print(f"  peak over the loaded model: {trace['peak_over_start_bytes'] / 2**30:.2f} GiB; live then:")
@@ -338,9 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{args.samples} calibration samples x {args.seq_len} tokens, {dtype} on {device}"
-          + (f" ({torch.cuda.get_device_name()})" if cuda else "")
-          + "; seconds per stage (peak allocated GB during the stage); '-': the method has no such stage; "
-          "'prune': the stages between load and save; '/ weights': over the loaded model's weight bytes.")
+          + (f" ({torch.cuda.device_count() if device == 'auto' else 1} x {torch.cuda.get_device_name()})"
+             if cuda else "")
+          + "; seconds per stage (peak allocated GB during the stage; on several GPUs the largest GPU's); '-': the "
+          "method has no such stage; 'prune': the stages between load and save; '/ weights': over the loaded "
+          "model's weight bytes (on several GPUs: each GPU's peak over its own weights, the largest shown).")
     return 0
 
 
