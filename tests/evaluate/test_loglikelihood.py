@@ -204,3 +204,24 @@ def test_model_mode_is_restored(byte_model):
     finally:
         model.eval()
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device next to the CPU")
+def test_model_spread_over_devices_scores_as_on_one(byte_model):
+    """``--device auto``: the decoder's output (final norm) on one device, the head and the input on another
+    (here cuda:0 and the CPU, as two GPUs place them): the same scores as the model on one device."""
+    import copy
+
+    from accelerate import dispatch_model
+
+    model, tokenizer = byte_model
+    pairs = text_pairs()
+    reference = FastLM(model, tokenizer, max_batch_tokens=64, head_chunk_rows=3).loglikelihood(instances(pairs))
+    spread = copy.deepcopy(model)
+    layers = len(spread.model.layers)
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu", "model.norm": 0,
+                  **{f"model.layers.{i}": "cpu" if i < layers // 2 else 0 for i in range(layers)}}
+    spread = dispatch_model(spread, device_map=device_map, main_device="cpu")
+    lm = FastLM(spread, tokenizer, max_batch_tokens=64, head_chunk_rows=3)
+    assert_same(lm.loglikelihood(instances(pairs)), reference)
+    assert lm.stats.sliced_head

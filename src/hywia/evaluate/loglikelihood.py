@@ -388,10 +388,12 @@ class FastLM(LM):
                     for c, p0 in enumerate(range(0, positions.numel(), self.head_chunk_rows)):
                         q0, q1 = batch.edges[c], batch.edges[c + 1]
                         logprobs = self._logprobs(hidden, positions[p0 : p0 + self.head_chunk_rows], head)
-                        rows_here = inverse[q0:q1] - p0
-                        picked = logprobs[rows_here, target[q0:q1]]
-                        greedy = logprobs.argmax(dim=-1)[rows_here] == target[q0:q1]
-                        logprob_sum.index_add_(0, req[q0:q1], picked.double())
+                        # on a model spread over GPUs the head's output sits on its own GPU: pick there
+                        rows_here = (inverse[q0:q1] - p0).to(logprobs.device)
+                        targets = target[q0:q1].to(logprobs.device)
+                        picked = logprobs[rows_here, targets].double().to(device)
+                        greedy = (logprobs.argmax(dim=-1)[rows_here] == targets).to(device)
+                        logprob_sum.index_add_(0, req[q0:q1], picked)
                         misses.index_add_(0, req[q0:q1], (~greedy).long())
                     del hidden
         finally:
@@ -445,6 +447,6 @@ class FastLM(LM):
         return hidden.reshape(-1, hidden.shape[-1])
 
     def _logprobs(self, hidden: torch.Tensor, positions: torch.Tensor, head) -> torch.Tensor:
-        states = hidden.index_select(0, positions)
+        states = hidden.index_select(0, positions.to(hidden.device))
         logits = head[1](states) if head is not None else states
         return torch.log_softmax(logits.float(), dim=-1)
