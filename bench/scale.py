@@ -21,6 +21,12 @@ Examples:
     python bench/scale.py --shapes llama-7b --methods element1 --ratios 0.2
     python bench/scale.py --tiny                            # a tiny shape on the CPU: checks the script
     python bench/scale.py --shapes llama-7b --methods hywia --ratios 0.2 --peak-trace   # what is alive at the peak
+    python bench/scale.py --device auto --shapes llama-13b --check-reload   # over all GPUs, outputs reloaded
+
+``--device auto`` spreads each model over all visible GPUs (accelerate, as ``hywia prune --device auto``): the
+memory cells are then the largest GPU's, and a line per GPU gives its weights and its peak over them.
+``--check-reload`` reloads each output (``hywia.load_model``, same device) and prints the largest difference of
+its logits on a fixed batch from the pruned model's before saving.
 
 ``--profile`` times the compensated coarse score's calls apart (inside "scoring, other") and prints the prune's
 most expensive operators by GPU and by CPU time (``torch.profiler``) to stderr.
