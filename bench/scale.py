@@ -65,7 +65,7 @@ STAGES = ("load", "gradients", "fusion", "scoring, other", "reconstruction", "su
 class StageClock:
     """Seconds and peak allocated CUDA memory per stage, per GPU; stages may nest (an outer stage's peak includes
     its inner stages', its time too: ``scoring`` minus ``gradients`` and ``fusion`` is ``scoring, other``).
-    ``peaks[stage]`` is the largest per-GPU peak; ``device_peaks[stage][i]`` the peak on ``devices[i]``."""
+    ``device_peaks[stage][i]`` is the peak on ``devices[i]``."""
 
     def __init__(self, devices: list[torch.device]):
         self.devices = [d for d in devices if d.type == "cuda"]
@@ -73,10 +73,6 @@ class StageClock:
         self.seconds: dict[str, float] = {}
         self.device_peaks: dict[str, list[int]] = {}
         self.open: list[str] = []
-
-    @property
-    def peaks(self) -> dict[str, int]:
-        return {stage: max(peaks) for stage, peaks in self.device_peaks.items()}
 
     def _sync(self) -> None:
         for device in self.devices:
@@ -235,10 +231,11 @@ def clock_devices(device: str) -> list[torch.device]:
 
 
 def weight_bytes_per_device(model, devices: list[torch.device]) -> list[int]:
-    """Parameter bytes on each of ``devices`` (one entry for the CPU run: all of them)."""
-    if not any(d.type == "cuda" for d in devices):
-        return [sum(p.numel() * p.element_size() for p in model.parameters())]
-    return [sum(p.numel() * p.element_size() for p in model.parameters() if p.device == d) for d in devices]
+    """Parameter bytes on each of ``devices``; without devices (the CPU run) one entry: all of them."""
+    sizes = [(p.device, p.numel() * p.element_size()) for p in model.parameters()]
+    if not devices:
+        return [sum(size for _, size in sizes)]
+    return [sum(size for where, size in sizes if where == device) for device in devices]
 
 
 @torch.no_grad()
@@ -259,7 +256,7 @@ def run_one(folder: Path, out: Path, method: str, ratio: float, samples: torch.T
     clock = StageClock(clock_devices(device))
     with clock.stage("load"):
         loaded = load_model(str(folder), dtype=dtype, device=device)
-    weights = weight_bytes_per_device(loaded.model, clock.devices or [torch.device("cpu")])
+    weights = weight_bytes_per_device(loaded.model, clock.devices)
     config = PruneConfig(ratio=ratio, method=method, progress=False, num_samples=len(samples),
                          seq_len=samples.shape[1], method_options=options.get(method, {}))
     tracing = peak_trace and clock.cuda
